@@ -1,0 +1,46 @@
+# granite-onnx: `make all` runs the pipeline on the built-in tiny checkpoint; `make test` runs the suite.
+# MODEL selects the checkpoint: `tiny` (built in), a Hub id, or MODEL_DIR=/path/to/checkpoint.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CLI := $(VENV)/bin/granite-onnx
+MODEL ?= tiny
+MODEL_DIR ?=
+BUNDLE ?= out/$(MODEL)
+CLIP ?= clips/jfk.flac
+SOURCE := $(if $(MODEL_DIR),--model-dir $(MODEL_DIR),--model $(MODEL))
+
+.PHONY: all setup export transcribe test lint bench clean
+
+all: export transcribe
+
+setup: $(VENV)/.installed
+
+# torch==2.13.0 is pinned in requirements.lock: pip takes the CPU wheel from the local wheel
+# folder, never a CUDA build. The package itself is installed without resolving dependencies
+# again, so nothing can pull another torch in.
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+export: setup
+	$(CLI) export $(SOURCE) --out-dir $(BUNDLE)
+
+transcribe: setup
+	$(CLI) transcribe --bundle $(BUNDLE) $(CLIP)
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) bench/run.py --bundle $(BUNDLE)
+
+clean:
+	rm -rf out .pytest_cache

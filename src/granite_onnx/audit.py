@@ -1,0 +1,94 @@
+"""Portability checks on one ONNX file: what any onnxruntime (the Rust ``ort`` crate too) can load.
+
+Torch-free. Each check returns a list of problems (empty = pass) so the export stage, the tests
+and the ``verify`` command report the same findings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+from .specs import IR_VERSION, OPSET
+
+INLINE_LIMIT = 1024
+DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    file: str
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(attr.g)
+            for g in attr.graphs:
+                yield from _all_nodes(g)
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int:
+    if tensor.raw_data:
+        return len(tensor.raw_data)
+    fields = (tensor.float_data, tensor.int32_data, tensor.int64_data, tensor.double_data, tensor.uint64_data)
+    return sum(len(f) * 8 for f in fields) + sum(len(s) for s in tensor.string_data)
+
+
+def check_header(model: onnx.ModelProto) -> list[str]:
+    problems = []
+    if model.ir_version != IR_VERSION:
+        problems.append(f"IR version {model.ir_version}, expected {IR_VERSION}")
+    imports = {(o.domain, o.version) for o in model.opset_import}
+    if imports != {("", OPSET)} and imports != {("ai.onnx", OPSET)}:
+        problems.append(f"opset_import {sorted(imports)}, expected only ai.onnx {OPSET}")
+    foreign = sorted({n.domain for n in _all_nodes(model.graph) if n.domain not in DEFAULT_DOMAINS})
+    if foreign:
+        problems.append(f"nodes from non-default domains {foreign}")
+    return problems
+
+
+def check_external_data(model: onnx.ModelProto, path: Path) -> list[str]:
+    """Exactly one sidecar, named ``<graph>.onnx_data``, present; nothing over 1 KiB inline."""
+    problems = []
+    expected = Path(path).stem + ".onnx_data"
+    locations = set()
+    for init in model.graph.initializer:
+        if uses_external_data(init):
+            locations.add(ExternalDataInfo(init).location)
+        elif _tensor_bytes(init) > INLINE_LIMIT:
+            problems.append(f"initializer {init.name} ({_tensor_bytes(init)} bytes) is stored inline")
+    for node in _all_nodes(model.graph):
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR and _tensor_bytes(attr.t) > INLINE_LIMIT:
+                problems.append(f"node {node.name} holds a {_tensor_bytes(attr.t)}-byte tensor inline")
+    if locations - {expected}:
+        problems.append(f"external data in {sorted(locations)}, expected one sidecar {expected}")
+    if not (Path(path).parent / expected).is_file():
+        problems.append(f"sidecar {expected} is missing")
+    return problems
+
+
+def audit_file(path: Path) -> AuditResult:
+    """Header, external-data layout and ``onnx.checker`` full check of one graph file."""
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        return AuditResult(path.name, (f"not a readable ONNX file: {str(exc).splitlines()[0][:200]}",))
+    problems = check_header(model) + check_external_data(model, path)
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:
+        problems.append(f"onnx.checker: {str(exc).splitlines()[0][:200]}")
+    return AuditResult(path.name, tuple(problems))

@@ -1,0 +1,108 @@
+"""Scoped patches that make the audio path traceable at every length.
+
+Upstream computes the conformer's block count with ``math.ceil`` and pads / masks only under
+``if remainder > 0``; the projector does the same for its 15-frame windows. Tracing turns those
+Python numbers into constants, so a graph traced at one length is silently wrong at another
+(an exact multiple of 200 encoder frames is the classic case). The replacements below compute the
+same quantities with tensor ops on the traced shape, producing the same numbers as upstream at
+every length. They are bound to module instances inside :func:`dynamic_length_patches` and removed
+on exit, so the model is left exactly as loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def conformer_attention_forward(
+    self, hidden_states: torch.Tensor, attention_dists: torch.Tensor
+) -> torch.Tensor:
+    """``GraniteSpeechConformerAttention.forward`` with the block count and mask as tensor ops.
+
+    Upstream masks, in the last block only, every (query, key) pair where either side is padding.
+    Here a position is valid when its index in the padded sequence is below the real length, which
+    is the same set of pairs when there is a remainder and masks nothing when there is none.
+    """
+    hidden_states = self.pre_norm(hidden_states)
+    bsz, num_features, _ = hidden_states.shape
+    ctx = self.context_size
+    pad = (ctx - num_features % ctx) % ctx
+    hidden_states = F.pad(hidden_states, (0, 0, 0, pad))
+    num_blocks = hidden_states.shape[1] // ctx
+
+    query_states = self.to_q(hidden_states)
+    key_states, value_states = self.to_kv(hidden_states).chunk(2, dim=-1)
+    flat_bsz = bsz * num_blocks
+    query_states = query_states.reshape(flat_bsz, ctx, self.num_heads, -1).transpose(1, 2)
+    key_states = key_states.reshape(flat_bsz, ctx, self.num_heads, -1).transpose(1, 2)
+    value_states = value_states.reshape(flat_bsz, ctx, self.num_heads, -1).transpose(1, 2)
+
+    rel_pos_emb = self.rel_pos_emb(attention_dists)
+    pos_attn = torch.einsum("b h c d, c r d -> b h c r", query_states, rel_pos_emb) * self.scale
+
+    position = torch.arange(num_blocks * ctx, device=hidden_states.device).reshape(num_blocks, ctx)
+    valid = position < num_features
+    keep = (valid.unsqueeze(-1) & valid.unsqueeze(-2)).unsqueeze(0).expand(bsz, -1, -1, -1)
+    keep = keep.reshape(flat_bsz, 1, ctx, ctx)
+    pos_attn = pos_attn.masked_fill(~keep, -torch.finfo(pos_attn.dtype).max)
+
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        out = F.scaled_dot_product_attention(
+            query_states, key_states, value_states, attn_mask=pos_attn, scale=self.scale
+        )
+    out = out.transpose(1, 2).reshape(bsz, hidden_states.shape[1], -1)
+    out = self.to_out(out[:, :num_features, :])
+    return self.dropout(out)
+
+
+def projector_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    """``GraniteSpeechEncoderProjector.forward`` with the window count as a tensor op."""
+    batch_size, seq_len, dim = hidden_states.size()
+    window = self.window_size
+    pad = (window - seq_len % window) % window
+    hidden_states = F.pad(hidden_states, (0, 0, 0, pad), "constant", 0)
+    nblocks = hidden_states.shape[1] // window
+    hidden_states = hidden_states.reshape(batch_size * nblocks, window, dim)
+    query_output = self.qformer(
+        query_embeds=self.query,
+        encoder_hidden_states=hidden_states,
+        encoder_attention_mask=None,
+        return_dict=True,
+    )
+    queries = query_output.last_hidden_state.reshape(
+        batch_size, nblocks * (window // self.downsample_rate), -1
+    )
+    return self.linear(queries)
+
+
+def _targets(model: nn.Module) -> Iterator[tuple[nn.Module, object]]:
+    for module in model.modules():
+        kind = type(module).__name__
+        if kind == "GraniteSpeechConformerAttention":
+            yield module, conformer_attention_forward
+        elif kind == "GraniteSpeechEncoderProjector":
+            yield module, projector_forward
+
+
+@contextlib.contextmanager
+def dynamic_length_patches(model: nn.Module) -> Iterator[int]:
+    """Bind the length-safe forwards to every matching submodule; restore them on exit.
+
+    Yields the number of modules patched, so callers can assert the patch found its targets
+    (a renamed upstream class would otherwise make it a silent no-op).
+    """
+    patched = []
+    try:
+        for module, fn in _targets(model):
+            module.forward = types.MethodType(fn, module)
+            patched.append(module)
+        yield len(patched)
+    finally:
+        for module in patched:
+            del module.forward

@@ -1,0 +1,169 @@
+"""The export stage: checkpoint folder -> FP32 bundle (three graphs, processor files, report).
+
+Each graph is traced, finalised (IR 10, one sidecar) and then gated: onnxruntime must reproduce the
+PyTorch wrapper at the traced size and at a second size, or the stage fails and nothing is moved
+into place.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..checkpoint import CheckpointSource, copy_processor_files, load_reference_model, validate_checkpoint
+from ..errors import GraniteOnnxError
+from ..runtime.bundle import graph_file
+from ..runtime.sessions import open_session
+from ..specs import GRAPH_NAMES, GraphSpec, ModelDims, dummy_inputs, graph_specs
+from ..staging import check_output_dir, staged_dir
+from .trace import reference_outputs, trace_graph
+from .writer import finalise, sidecar_name
+
+REPORT_FILE = "export_report.json"
+EXTRA_CHECKPOINT_FILES = ("config.json", "generation_config.json")
+
+# Second size for the gate: an exact multiple of the 200-frame attention block (the classic
+# length a traced block count gets wrong), a batch of 2, a longer past.
+CHECK_SIZES = {"batch": 2, "frames": 200, "past": 23}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    graphs: tuple[str, ...] = GRAPH_NAMES
+    check: bool = True
+    rtol: float = 1e-4  # max |onnx - torch| <= rtol * (1 + max |torch|): float32 reassociation only
+
+
+@dataclass(frozen=True)
+class GraphReport:
+    name: str
+    file: str
+    sidecar: str
+    seconds: float
+    nodes: int
+    duplicates_removed: int
+    max_abs_error: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out_dir: str
+    source: dict
+    graphs: tuple[GraphReport, ...]
+    copied_files: tuple[str, ...]
+    seconds: float
+    peak_rss_mib: float
+    package_version: str = __version__
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class ExportCheckError(GraniteOnnxError):
+    """onnxruntime disagrees with PyTorch on an exported graph."""
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def check_graph(model, spec: GraphSpec, dims: ModelDims, path: Path, rtol: float) -> dict[str, float]:
+    """Compare onnxruntime with the PyTorch wrapper at the traced size and at CHECK_SIZES."""
+    session = open_session(path, opt_level="basic")
+    errors: dict[str, float] = {}
+    for label, sizes in (("traced", {}), ("other", CHECK_SIZES)):
+        feeds = dummy_inputs(spec, dims, seed=1, **sizes)
+        want = reference_outputs(model, spec, dims, feeds)
+        got = session.run(None, feeds)
+        worst = 0.0
+        for name, w, g in zip(spec.output_names, want, got, strict=True):
+            if w.shape != g.shape:
+                raise ExportCheckError(
+                    f"{spec.name}: output {name} has shape {g.shape} in ONNX, {w.shape} in PyTorch"
+                )
+            err = float(np.max(np.abs(w - g))) if w.size else 0.0
+            if err > rtol * (1.0 + float(np.max(np.abs(w)))):
+                raise ExportCheckError(
+                    f"{spec.name}: output {name} differs from PyTorch by {err:.3g} ({label} size)"
+                )
+            worst = max(worst, err)
+        errors[label] = worst
+    return errors
+
+
+def export_graph(
+    model, spec: GraphSpec, dims: ModelDims, out_dir: Path, options: ExportOptions
+) -> GraphReport:
+    start = time.perf_counter()
+    out_path = out_dir / graph_file(spec.name)
+    with tempfile.TemporaryDirectory(prefix=f"{spec.name}-raw-", dir=out_dir.parent) as raw:
+        raw_path = Path(raw) / "raw.onnx"
+        trace_graph(model, spec, dims, raw_path)
+        summary = finalise(raw_path, out_path, spec)
+    errors = check_graph(model, spec, dims, out_path, options.rtol) if options.check else {}
+    return GraphReport(
+        name=spec.name,
+        file=out_path.name,
+        sidecar=sidecar_name(out_path.name),
+        seconds=round(time.perf_counter() - start, 3),
+        nodes=summary["nodes"],
+        duplicates_removed=summary["duplicates_removed"],
+        max_abs_error=errors,
+    )
+
+
+def export_bundle(
+    source: CheckpointSource,
+    out_dir: Path,
+    options: ExportOptions = ExportOptions(),
+    progress: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Export ``source`` into ``out_dir`` (replaced only when every graph passed its check).
+
+    ``progress`` receives one line per step (a CLI prints it; a notebook may ignore it).
+    """
+    say = progress or (lambda _msg: None)
+    start = time.perf_counter()
+    unknown = set(options.graphs) - set(GRAPH_NAMES)
+    if unknown:
+        raise GraniteOnnxError(f"unknown graph(s) {sorted(unknown)}; choose from {', '.join(GRAPH_NAMES)}")
+    validate_checkpoint(source.path)  # user mistakes fail here, before any work or output
+    check_output_dir(Path(out_dir))
+    say(f"loading {source.path}")
+    model = load_reference_model(source.path)
+    dims = ModelDims.from_config(model.config.to_dict())
+    specs = graph_specs(dims)
+    with staged_dir(Path(out_dir)) as stage:
+        reports = []
+        for name in options.graphs:
+            say(f"exporting {name}" + (" and checking it against PyTorch" if options.check else ""))
+            reports.append(export_graph(model, specs[name], dims, stage, options))
+        copied = copy_processor_files(source.path, stage)
+        for name in EXTRA_CHECKPOINT_FILES:
+            if (source.path / name).is_file():
+                shutil.copyfile(source.path / name, stage / name)
+                copied.append(name)
+        result = ExportResult(
+            out_dir=str(out_dir),
+            source={
+                "path": str(source.path),
+                "model_id": source.model_id,
+                "revision": source.revision,
+                "is_fixture": source.is_fixture,
+            },
+            graphs=tuple(reports),
+            copied_files=tuple(sorted(copied)),
+            seconds=round(time.perf_counter() - start, 3),
+            peak_rss_mib=round(peak_rss_mib(), 1),
+        )
+        (stage / REPORT_FILE).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    return result

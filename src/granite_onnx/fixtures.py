@@ -1,0 +1,374 @@
+"""The built-in tiny Granite Speech checkpoint (``--model tiny``).
+
+Tests, CI and a first-time user need a real ``GraniteSpeechForConditionalGeneration`` folder without
+a 9 GB download. This module writes one from a seed: the same architecture as Granite Speech 4.1
+(conformer encoder, Q-Former projector, Granite LLM, untied head, no LoRA) at toy sizes, with a
+byte-level BPE tokenizer whose ``<|audio|>`` token is the last id, like the real model's.
+
+The folder is byte-identical for a given :class:`TinySpec`, package and library versions, so it can be
+cached, hashed and compared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from granite_onnx import __version__
+
+EOS_TOKEN = "<|end_of_text|>"
+PAD_TOKEN = "<|pad|>"
+START_OF_ROLE = "<|start_of_role|>"
+END_OF_ROLE = "<|end_of_role|>"
+AUDIO_TOKEN = "<|audio|>"
+PROCESSOR_CLASS = "GraniteSpeechProcessor"
+# Trained first, so they take ids 0..3; <|audio|> is added after training so it is the last id.
+LEADING_SPECIAL_TOKENS = (EOS_TOKEN, PAD_TOKEN, START_OF_ROLE, END_OF_ROLE)
+
+# Granite-style chat template: one role block per message, then the assistant header on request.
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|start_of_role|>' + message['role'] + '<|end_of_role|>' + message['content']"
+    " + '<|end_of_text|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_of_role|>assistant<|end_of_role|>' }}{%- endif %}"
+)
+
+# Reference transcripts of the parity clips (copied from shared/clips/manifest.json so the package does not
+# depend on that folder): training on them keeps their token counts realistic.
+CLIP_TRANSCRIPTS = (
+    "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your "
+    "country.",
+    "HE BEGAN A CONFUSED COMPLAINT AGAINST THE WIZARD WHO HAD VANISHED BEHIND THE CURTAIN ON THE LEFT",
+    "this is the acoustic corpus i'm talking pretty fast here there's nothing going else going on we're just "
+    "yknow there's some speech errors but who cares um this is me talking really slow and slightly lower in "
+    "intensity uh we're just saying some words and here's some more words words words words um and that "
+    "should be all thanks",
+    "um this is me talking really slow and slightly lower in intensity uh we're just saying some words and "
+    "here's some more words words words words um and that should be all thanks uh so this is the sick corpus "
+    "uh i have a cold so i probably sound quite different than the uh uh acoustic corpus um the recording "
+    "environment is also quite different and i'm saying a bunch of different words that i did not say in the "
+    "original one uh and here's a long pause and i think this is probably good alright thanks",
+    "Congratulations. You have successfully installed and executed the Asterisk open source PBX. You have "
+    "also installed a set of sample sounds and configuration files that should help you to get started. Like "
+    "a normal PBX you will navigate this demonstration by dialing digits. If you are using a console channel "
+    "driver instead of a real phone you can use the dial, answer, and hang up commands to simulate the "
+    "actions of a standard telephone.",
+)
+
+# Prompt words and plain English, so prompts and common words become a few tokens each.
+PROMPT_TEXT = (
+    "can you transcribe the speech into a written format?",
+    "Transcribe the audio. Translate the speech into English. You are Granite, developed by IBM. "
+    "You are a helpful AI assistant. Knowledge Cutoff Date: April 2024. Today's Date: April 9, 2025.",
+    "system user assistant",
+)
+ENGLISH_TEXT = (
+    "The morning train was late again, so she walked along the river to the old market. The stalls were "
+    "opening one by one: bread, fish, apples, flowers and a man who sold nothing but keys. She bought two "
+    "apples and a small loaf, then sat on the stone steps to watch the boats go by.",
+    "A speech recogniser listens to sound and writes down the words it hears. It must cope with noise, "
+    "with people who speak quickly or slowly, and with voices it has never heard before. The numbers one, "
+    "two, three, four, five, six, seven, eight, nine and ten are easy; names and places are harder.",
+    "Please call me back when you get this message. I will be at home after six o'clock this evening, and "
+    "tomorrow I am free all day. If nobody answers, leave a short note and I will reply as soon as I can.",
+    "The weather today is cold and windy in the north, with rain later in the afternoon. In the south it "
+    "will be dry and bright, and the temperature will rise during the week. Drivers should take care on "
+    "the roads near the coast tonight.",
+    "We measured every graph twice, first on the computer and then on the small board, and wrote each "
+    "result in the table. The model is small, but it has the same shape as the large one, so the same "
+    "code runs on both. Thank you for listening, and good night.",
+)
+TRAINING_CORPUS = CLIP_TRANSCRIPTS + PROMPT_TEXT + ENGLISH_TEXT
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Every number that shapes the tiny checkpoint; its hash names the cache folder."""
+
+    seed: int = 0
+    # transformers initialises Linear weights with std 0.02: attention is then uniform, the prompt's
+    # last position sees only the mean of the audio, and every clip decodes to the same text. Each
+    # Linear weight is redrawn with std weight_gain / sqrt(fan_in) and the LLM embeddings with std 1,
+    # so the transcript depends on the audio (a broken encoder or merge changes it).
+    weight_gain: float = 1.5
+    # Multiplies lm_head.weight after that: random weights give a near-flat softmax, and greedy
+    # decoding then flips on rounding noise; a larger head gives a clear top-1/top-2 logit margin.
+    lm_head_gain: float = 8.0
+    # tokenizer (the text vocab is this plus <|audio|>)
+    bpe_vocab_size: int = 767
+    # conformer encoder
+    encoder_input_dim: int = 160  # two stacked 80-bin log-mel frames: fixed by the feature extractor
+    encoder_num_layers: int = 2
+    encoder_hidden_dim: int = 32
+    encoder_num_heads: int = 2
+    encoder_dim_head: int = 16
+    encoder_output_dim: int = 16
+    encoder_context_size: int = 200
+    encoder_max_pos_emb: int = 512
+    encoder_conv_kernel_size: int = 15
+    encoder_feedforward_mult: int = 4
+    encoder_conv_expansion_factor: int = 2
+    # Q-Former projector
+    projector_hidden_size: int = 32
+    projector_num_layers: int = 1
+    projector_num_heads: int = 2
+    projector_intermediate_size: int = 64
+    # Granite LLM
+    text_hidden_size: int = 64
+    text_num_layers: int = 2
+    text_num_heads: int = 4
+    text_num_kv_heads: int = 2
+    text_intermediate_size: int = 128
+    text_max_position_embeddings: int = 4096
+    text_embedding_multiplier: float = 12.0
+    text_residual_multiplier: float = 0.22
+    text_logits_scaling: float = 8.0
+    text_rms_norm_eps: float = 1e-5
+    text_rope_theta: float = 10000.0
+    # audio -> token rate, as in the real model
+    window_size: int = 15
+    downsample_rate: int = 5
+
+    @property
+    def vocab_size(self) -> int:
+        """Text vocabulary size: the trained BPE vocabulary plus the trailing ``<|audio|>`` token."""
+        return self.bpe_vocab_size + 1
+
+    @property
+    def audio_token_index(self) -> int:
+        """``<|audio|>`` is the last id, as in the real checkpoint (100352 of 100353)."""
+        return self.vocab_size - 1
+
+    def short_hash(self) -> str:
+        """12 hex digits over the spec and the package version: a new release rebuilds the cache."""
+        payload = json.dumps({"spec": dataclasses.asdict(self), "version": __version__}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def build_tokenizer(spec: TinySpec = TinySpec()):
+    """Train the byte-level BPE on the built-in corpus and wrap it as a transformers fast tokenizer.
+
+    Training is deterministic for a fixed corpus and vocabulary size (checked by the fixture tests).
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.bpe_vocab_size,
+        special_tokens=list(LEADING_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(TRAINING_CORPUS, trainer=trainer)
+    if bpe.get_vocab_size() != spec.bpe_vocab_size:
+        raise ValueError(
+            f"the built-in corpus yields {bpe.get_vocab_size()} BPE tokens, not {spec.bpe_vocab_size}: "
+            "lower TinySpec.bpe_vocab_size"
+        )
+    bpe.add_special_tokens([AddedToken(AUDIO_TOKEN, special=True, normalized=False)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token=EOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=spec.text_max_position_embeddings,
+    )
+
+
+def build_config(spec: TinySpec, token_ids: dict[str, int]):
+    """The ``GraniteSpeechConfig``: 4.1-2b's layout (no LoRA, untied head) at toy sizes."""
+    from transformers import GraniteSpeechConfig
+
+    head_dim = spec.text_hidden_size // spec.text_num_heads
+    special = {
+        "bos_token_id": token_ids[EOS_TOKEN],
+        "eos_token_id": token_ids[EOS_TOKEN],
+        "pad_token_id": token_ids[PAD_TOKEN],
+    }
+    return GraniteSpeechConfig(
+        encoder_config={
+            "model_type": "granite_speech_encoder",
+            "input_dim": spec.encoder_input_dim,
+            "num_layers": spec.encoder_num_layers,
+            "hidden_dim": spec.encoder_hidden_dim,
+            "feedforward_mult": spec.encoder_feedforward_mult,
+            "num_heads": spec.encoder_num_heads,
+            "dim_head": spec.encoder_dim_head,
+            "output_dim": spec.encoder_output_dim,
+            "context_size": spec.encoder_context_size,
+            "max_pos_emb": spec.encoder_max_pos_emb,
+            "conv_kernel_size": spec.encoder_conv_kernel_size,
+            "conv_expansion_factor": spec.encoder_conv_expansion_factor,
+        },
+        projector_config={
+            "model_type": "blip_2_qformer",
+            "hidden_size": spec.projector_hidden_size,
+            "num_hidden_layers": spec.projector_num_layers,
+            "num_attention_heads": spec.projector_num_heads,
+            "intermediate_size": spec.projector_intermediate_size,
+            "encoder_hidden_size": spec.encoder_hidden_dim,
+            "cross_attention_frequency": 1,
+            "use_qformer_text_input": False,
+        },
+        text_config={
+            "model_type": "granite",
+            "vocab_size": spec.vocab_size,
+            "hidden_size": spec.text_hidden_size,
+            "num_hidden_layers": spec.text_num_layers,
+            "num_attention_heads": spec.text_num_heads,
+            "num_key_value_heads": spec.text_num_kv_heads,
+            "intermediate_size": spec.text_intermediate_size,
+            "max_position_embeddings": spec.text_max_position_embeddings,
+            "rms_norm_eps": spec.text_rms_norm_eps,
+            "rope_parameters": {"rope_type": "default", "rope_theta": spec.text_rope_theta},
+            "embedding_multiplier": spec.text_embedding_multiplier,
+            "attention_multiplier": 1.0 / head_dim,
+            "residual_multiplier": spec.text_residual_multiplier,
+            "logits_scaling": spec.text_logits_scaling,
+            "tie_word_embeddings": False,
+            **special,
+        },
+        audio_token_index=token_ids[AUDIO_TOKEN],
+        has_lora_adapter=False,
+        downsample_rate=spec.downsample_rate,
+        window_size=spec.window_size,
+        tie_word_embeddings=False,
+    )
+
+
+def build_model(spec: TinySpec, config):
+    """Seeded float32 model, with the head scaled by ``spec.lm_head_gain`` for a clear greedy margin."""
+    import torch
+    from transformers import GraniteSpeechForConditionalGeneration
+
+    torch.manual_seed(spec.seed)
+    model = GraniteSpeechForConditionalGeneration(config).to(torch.float32).eval()
+    generator = torch.Generator().manual_seed(spec.seed + 1)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                std = spec.weight_gain / module.in_features**0.5
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * std)
+            elif isinstance(module, torch.nn.Embedding) and "language_model" in name:
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator))
+        model.lm_head.weight.mul_(spec.lm_head_gain)
+    text = config.text_config
+    model.generation_config.bos_token_id = text.bos_token_id
+    model.generation_config.eos_token_id = text.eos_token_id
+    model.generation_config.pad_token_id = text.pad_token_id
+    return model
+
+
+def feature_extractor_config(spec: TinySpec) -> dict[str, Any]:
+    """``GraniteSpeechFeatureExtractor().to_dict()`` under transformers 5.23, written out by hand.
+
+    The extractor cannot be built here (it needs torchaudio, which has no build for this torch), so its
+    dict is spelled out; the STFT settings live in ``melspec_kwargs`` exactly as transformers nests them.
+    """
+    return {
+        "feature_extractor_type": "GraniteSpeechFeatureExtractor",
+        "feature_size": 80,
+        "melspec_kwargs": {
+            "hop_length": 160,
+            "n_fft": 512,
+            "n_mels": 80,
+            "sample_rate": 16000,
+            "win_length": 400,
+        },
+        "padding_side": "right",
+        "padding_value": 0.0,
+        "projector_downsample_rate": spec.downsample_rate,
+        "projector_window_size": spec.window_size,
+        "return_attention_mask": True,
+        "sampling_rate": 16000,
+    }
+
+
+def preprocessor_config(spec: TinySpec) -> dict[str, Any]:
+    """``preprocessor_config.json`` as real checkpoints ship it: the extractor's dict + processor_class."""
+    return {**feature_extractor_config(spec), "processor_class": PROCESSOR_CLASS}
+
+
+def processor_config(spec: TinySpec) -> dict[str, Any]:
+    """``processor_config.json`` as ``GraniteSpeechProcessor.save_pretrained`` writes it in 5.23."""
+    return {
+        "audio_processor": feature_extractor_config(spec),
+        "audio_token": AUDIO_TOKEN,
+        "processor_class": PROCESSOR_CLASS,
+    }
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """JSON as transformers writes it: 2-space indent, sorted keys, trailing newline."""
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _write_checkpoint_files(folder: Path, spec: TinySpec) -> None:
+    """Write every file of the checkpoint into an existing empty folder."""
+    tokenizer = build_tokenizer(spec)
+    token_ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in (*LEADING_SPECIAL_TOKENS, AUDIO_TOKEN)}
+    if token_ids[AUDIO_TOKEN] != spec.audio_token_index or len(tokenizer) != spec.vocab_size:
+        raise AssertionError(f"tokenizer has {len(tokenizer)} ids and <|audio|>={token_ids[AUDIO_TOKEN]}")
+    config = build_config(spec, token_ids)
+    model = build_model(spec, config)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer._set_processor_class(PROCESSOR_CLASS)  # what the processor's save_pretrained records
+    tokenizer.save_pretrained(folder)
+    _write_json(folder / "preprocessor_config.json", preprocessor_config(spec))
+    _write_json(folder / "processor_config.json", processor_config(spec))
+
+
+def write_tiny_checkpoint(out_dir: Path, spec: TinySpec = TinySpec()) -> Path:
+    """Write the tiny checkpoint to ``out_dir`` (which must not exist yet, or be empty) and return it.
+
+    Files go to a temporary folder beside ``out_dir`` that is renamed into place when complete, so a
+    reader never sees a half-written checkpoint and an interrupted run leaves no partial ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        _write_checkpoint_files(tmp, spec)
+        for path in tmp.iterdir():
+            path.chmod(0o644)  # safetensors are written 0600: make the folder's modes uniform
+        tmp.chmod(0o755)
+        os.rename(tmp, out_dir)  # atomic; fails if out_dir exists and is not empty
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def cache_root() -> Path:
+    """``$GRANITE_ONNX_CACHE``, default ``~/.cache/granite-onnx``."""
+    return Path(os.environ.get("GRANITE_ONNX_CACHE") or Path.home() / ".cache" / "granite-onnx")
+
+
+def tiny_checkpoint_dir(spec: TinySpec = TinySpec()) -> Path:
+    """The cached tiny checkpoint for ``spec``, written on first use.
+
+    The folder name carries the spec's hash, so a changed spec or package version never reuses a stale
+    folder. Two processes racing to build it are safe: the loser's rename fails and it uses the winner's.
+    """
+    target = cache_root() / f"tiny-{spec.short_hash()}"
+    if (target / "config.json").is_file():
+        return target
+    try:
+        return write_tiny_checkpoint(target, spec)
+    except OSError:
+        if (target / "config.json").is_file():
+            return target
+        raise

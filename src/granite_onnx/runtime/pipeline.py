@@ -1,0 +1,137 @@
+"""Greedy speech-to-text over the three graphs with onnxruntime alone (no torch import).
+
+encoder(features) -> audio embeddings; prompt_encode(prompt ids with one audio token per
+embedding) -> first logits + KV; then decode_step once per token until an end-of-sequence id or
+the token budget. The KV cache is carried as plain arrays named by the graph specs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import AudioError
+from ..specs import DECODE_STEP, ENCODER, PROMPT_ENCODE, past_name
+from .audio import load_audio
+from .bundle import Bundle
+from .features import log_mel
+from .prompt import DEFAULT_INSTRUCTION, PromptBuilder
+from .sessions import open_session
+
+DEFAULT_MAX_NEW_TOKENS = 200
+
+
+@dataclass(frozen=True)
+class GreedyResult:
+    """Generated ids (eos excluded) and, per step, the top-1 minus top-2 logit margin."""
+
+    token_ids: tuple[int, ...]
+    margins: tuple[float, ...]
+    stopped_on_eos: bool
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    token_ids: tuple[int, ...]
+    audio_seconds: float
+    seconds: float
+
+
+def top2_margin(logits: np.ndarray) -> float:
+    top = np.partition(logits.ravel(), -2)[-2:]
+    return float(top[1] - top[0])
+
+
+class SpeechPipeline:
+    """The three sessions of one bundle tier, plus its prompt builder."""
+
+    def __init__(
+        self, folder: Path, tier: str | None = None, threads: int | None = None, opt_level: str = "all"
+    ):
+        self.bundle = Bundle.open(folder, tier)
+        self.prompts = PromptBuilder(self.bundle.folder)
+        specs = self.bundle.specs
+        self.specs = specs
+        self.sessions = {
+            name: open_session(self.bundle.path(name, tier), threads, opt_level) for name in specs
+        }
+
+    # --- one call per graph -------------------------------------------------------------
+    def audio_embeds(self, features: np.ndarray) -> np.ndarray:
+        """[batch, frames, 160] stacked log-mel -> [batch, audio_tokens, hidden]."""
+        return self.sessions[ENCODER].run(None, {"input_features": features.astype(np.float32)})[0]
+
+    def prompt(self, input_ids: np.ndarray, audio_embeds: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        batch, seq = input_ids.shape
+        feeds = {
+            "input_ids": input_ids.astype(np.int64),
+            "audio_embeds": audio_embeds,
+            "attention_mask": np.ones((batch, seq), np.int64),
+            "position_ids": np.broadcast_to(np.arange(seq, dtype=np.int64), (batch, seq)).copy(),
+        }
+        logits, *kv = self.sessions[PROMPT_ENCODE].run(None, feeds)
+        return logits, kv
+
+    def step(self, token: np.ndarray, kv: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One decode step; ``token`` is [batch, 1], ``kv`` the previous presents in spec order."""
+        batch, past = token.shape[0], kv[0].shape[2]
+        feeds = {
+            "input_ids": token.astype(np.int64),
+            "attention_mask": np.ones((batch, past + 1), np.int64),
+            "position_ids": np.full((batch, 1), past, np.int64),
+        }
+        names = [past_name(i, k) for i in range(self.bundle.dims.num_layers) for k in ("key", "value")]
+        feeds.update(zip(names, kv, strict=True))
+        logits, *present = self.sessions[DECODE_STEP].run(None, feeds)
+        return logits, present
+
+    # --- decoding ------------------------------------------------------------------------
+    def prompt_ids(self, audio_tokens: int, instruction: str = DEFAULT_INSTRUCTION) -> np.ndarray:
+        return np.asarray([self.prompts.input_ids(audio_tokens, instruction)], dtype=np.int64)
+
+    def generate(self, input_ids: np.ndarray, audio_embeds: np.ndarray, max_new_tokens: int) -> GreedyResult:
+        """Greedy decoding for one utterance (batch 1), stopping at an eos id like ``generate``."""
+        limit = self.bundle.dims.max_positions
+        if input_ids.shape[1] + max_new_tokens > limit:
+            raise AudioError(
+                f"prompt of {input_ids.shape[1]} tokens + {max_new_tokens} new tokens exceeds the model's "
+                f"{limit} positions: split the audio into shorter pieces"
+            )
+        eos = set(self.bundle.eos_token_ids)
+        tokens, margins = [], []
+        logits, kv = self.prompt(input_ids, audio_embeds)
+        for _ in range(max_new_tokens):
+            token = int(np.argmax(logits[0]))
+            margins.append(top2_margin(logits[0]))
+            if token in eos:
+                return GreedyResult(tuple(tokens), tuple(margins), True)
+            tokens.append(token)
+            if len(tokens) == max_new_tokens:
+                break
+            logits, kv = self.step(np.asarray([[token]], np.int64), kv)
+        return GreedyResult(tuple(tokens), tuple(margins), False)
+
+    def transcribe_array(
+        self,
+        audio: np.ndarray,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        instruction: str = DEFAULT_INSTRUCTION,
+    ) -> Transcript:
+        start = time.perf_counter()
+        features = log_mel(audio, self.bundle.features)[None]
+        embeds = self.audio_embeds(features)
+        result = self.generate(self.prompt_ids(embeds.shape[1], instruction), embeds, max_new_tokens)
+        return Transcript(
+            text=self.prompts.decode(list(result.token_ids)),
+            token_ids=result.token_ids,
+            audio_seconds=len(audio) / self.bundle.features.sampling_rate,
+            seconds=time.perf_counter() - start,
+        )
+
+    def transcribe_file(self, path: Path, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> Transcript:
+        audio = load_audio(path, self.bundle.features.sampling_rate)
+        return self.transcribe_array(audio, max_new_tokens)

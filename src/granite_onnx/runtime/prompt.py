@@ -1,0 +1,99 @@
+"""Build the prompt token ids without transformers: the checkpoint's chat template + tokenizer.json.
+
+This mirrors what ``GraniteSpeechProcessor`` does: render the chat template with
+``add_generation_prompt=True``, repeat the audio placeholder once per audio embedding, tokenize.
+The jinja environment matches transformers' ``apply_chat_template`` (sandboxed, trim_blocks,
+lstrip_blocks, ``raise_exception`` and ``strftime_now`` helpers) so real templates render the same.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer
+
+from ..errors import BundleError
+
+AUDIO_PLACEHOLDER = "<|audio|>"
+DEFAULT_INSTRUCTION = "can you transcribe the speech into a written format?"
+
+
+def _raise(message: str):
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _template_env() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
+    env.filters["tojson"] = lambda x, indent=None, **kw: json.dumps(x, indent=indent, ensure_ascii=False)
+    env.globals["raise_exception"] = _raise
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env
+
+
+@dataclass(frozen=True)
+class PromptBuilder:
+    """Chat template + tokenizer of a bundle (or checkpoint) folder."""
+
+    folder: Path
+
+    @cached_property
+    def tokenizer(self) -> Tokenizer:
+        path = self.folder / "tokenizer.json"
+        if not path.is_file():
+            raise BundleError(f"{path} is missing: export again, it is copied from the checkpoint")
+        return Tokenizer.from_file(str(path))
+
+    @cached_property
+    def _tokenizer_config(self) -> dict:
+        path = self.folder / "tokenizer_config.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    @cached_property
+    def chat_template(self) -> str:
+        path = self.folder / "chat_template.jinja"
+        if path.is_file():
+            return path.read_text()
+        template = self._tokenizer_config.get("chat_template")
+        if not isinstance(template, str):
+            raise BundleError(
+                f"{self.folder} has no chat_template.jinja (nor a chat_template in tokenizer_config.json)"
+            )
+        return template
+
+    @cached_property
+    def audio_placeholder(self) -> str:
+        path = self.folder / "processor_config.json"
+        config = json.loads(path.read_text()) if path.is_file() else {}
+        return config.get("audio_token", AUDIO_PLACEHOLDER)
+
+    def special_token(self, key: str) -> str | None:
+        value = self._tokenizer_config.get(key)
+        return value.get("content") if isinstance(value, dict) else value
+
+    def render(self, instruction: str = DEFAULT_INSTRUCTION) -> str:
+        """The chat prompt text with one audio placeholder, as the model card's usage example builds it."""
+        messages = [{"role": "user", "content": f"{self.audio_placeholder}{instruction}"}]
+        template = _template_env().from_string(self.chat_template)
+        tokens = {k: self.special_token(k) for k in ("bos_token", "eos_token", "pad_token")}
+        return template.render(messages=messages, add_generation_prompt=True, **tokens)
+
+    def input_ids(self, audio_tokens: int, instruction: str = DEFAULT_INSTRUCTION) -> list[int]:
+        """Prompt ids with the placeholder repeated ``audio_tokens`` times (one per audio embedding)."""
+        text = self.render(instruction)
+        if text.count(self.audio_placeholder) != 1:
+            raise BundleError(
+                f"the chat prompt must hold exactly one {self.audio_placeholder}; got: {text!r}"
+            )
+        text = text.replace(self.audio_placeholder, self.audio_placeholder * audio_tokens)
+        return self.tokenizer.encode(text).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()

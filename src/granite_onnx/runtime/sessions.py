@@ -1,0 +1,38 @@
+"""onnxruntime sessions for a bundle's graphs (CPU; torch-free)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnxruntime as ort
+
+from ..errors import BundleError
+
+OPT_LEVELS = {
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def session_options(threads: int | None = None, opt_level: str = "all") -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = OPT_LEVELS[opt_level]
+    options.log_severity_level = 3  # errors only: warnings about unused initializers are noise
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
+
+
+def open_session(path: Path, threads: int | None = None, opt_level: str = "all") -> ort.InferenceSession:
+    """Open one graph; a missing or corrupt file becomes a one-line :class:`BundleError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"{path} is missing: run `granite-onnx export` to create the bundle")
+    try:
+        return ort.InferenceSession(
+            str(path), sess_options=session_options(threads, opt_level), providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise BundleError(f"{path} could not be loaded by onnxruntime ({reason}); re-run the export") from exc

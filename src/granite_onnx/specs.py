@@ -1,0 +1,204 @@
+"""The graph contract: one declaration per graph.
+
+Every stage reads these specs instead of repeating names: the exporter takes input/output names and
+dynamic axes from them, the runtime builds its feeds from them, the portability audit and the
+metadata describe the graphs with them. A new input is added here and nowhere else.
+
+This module is torch-free (the runtime imports it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ENCODER = "encoder"
+PROMPT_ENCODE = "prompt_encode"
+DECODE_STEP = "decode_step"
+GRAPH_NAMES = (ENCODER, PROMPT_ENCODE, DECODE_STEP)
+
+OPSET = 20
+IR_VERSION = 10
+FEATURE_DIM = 160  # two stacked 80-bin log-mel frames
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The few numbers of a checkpoint that shape the graphs' inputs and outputs."""
+
+    num_layers: int
+    kv_heads: int
+    head_dim: int
+    hidden: int  # LLM hidden size (= projector output size)
+    vocab: int
+    audio_token_id: int
+    feature_dim: int = FEATURE_DIM
+    max_positions: int = 4096
+
+    @classmethod
+    def from_config(cls, config: dict) -> ModelDims:
+        """Read the dims from a parsed Granite Speech ``config.json`` (no transformers needed)."""
+        text = config["text_config"]
+        heads = text["num_attention_heads"]
+        return cls(
+            num_layers=text["num_hidden_layers"],
+            kv_heads=text.get("num_key_value_heads") or heads,
+            head_dim=text.get("head_dim") or text["hidden_size"] // heads,
+            hidden=text["hidden_size"],
+            vocab=text["vocab_size"],
+            audio_token_id=config.get("audio_token_index", config.get("audio_token_id")),
+            feature_dim=config.get("encoder_config", {}).get("input_dim", FEATURE_DIM),
+            max_positions=text.get("max_position_embeddings", 4096),
+        )
+
+    @classmethod
+    def from_file(cls, path: Path) -> ModelDims:
+        return cls.from_config(json.loads(Path(path).read_text()))
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: name, element type, and shape (str = symbolic dim)."""
+
+    name: str
+    dtype: str  # numpy dtype name: "float32" or "int64"
+    shape: tuple[str | int, ...]
+
+    def dynamic_axes(self) -> dict[int, str]:
+        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """A graph's ordered inputs and outputs."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """The ``dynamic_axes`` argument of ``torch.onnx.export``."""
+        return {t.name: t.dynamic_axes() for t in (*self.inputs, *self.outputs) if t.dynamic_axes()}
+
+    def to_json(self) -> dict:
+        return {
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
+        }
+
+
+def past_name(layer: int, kind: str) -> str:
+    return f"past_key_values.{layer}.{kind}"
+
+
+def present_name(layer: int, kind: str) -> str:
+    return f"present.{layer}.{kind}"
+
+
+def _kv(dims: ModelDims, name_of, seq: str) -> tuple[TensorSpec, ...]:
+    shape = ("batch", dims.kv_heads, seq, dims.head_dim)
+    return tuple(
+        TensorSpec(name_of(i, kind), "float32", shape)
+        for i in range(dims.num_layers)
+        for kind in ("key", "value")
+    )
+
+
+def encoder_spec(dims: ModelDims) -> GraphSpec:
+    return GraphSpec(
+        ENCODER,
+        inputs=(TensorSpec("input_features", "float32", ("batch", "frames", dims.feature_dim)),),
+        outputs=(TensorSpec("audio_embeds", "float32", ("batch", "audio_tokens", dims.hidden)),),
+    )
+
+
+def prompt_encode_spec(dims: ModelDims) -> GraphSpec:
+    return GraphSpec(
+        PROMPT_ENCODE,
+        inputs=(
+            TensorSpec("input_ids", "int64", ("batch", "seq")),
+            TensorSpec("audio_embeds", "float32", ("batch", "audio_tokens", dims.hidden)),
+            TensorSpec("attention_mask", "int64", ("batch", "seq")),
+            TensorSpec("position_ids", "int64", ("batch", "seq")),
+        ),
+        outputs=(TensorSpec("logits", "float32", ("batch", dims.vocab)), *_kv(dims, present_name, "seq")),
+    )
+
+
+def decode_step_spec(dims: ModelDims) -> GraphSpec:
+    return GraphSpec(
+        DECODE_STEP,
+        inputs=(
+            TensorSpec("input_ids", "int64", ("batch", 1)),
+            TensorSpec("attention_mask", "int64", ("batch", "total")),
+            TensorSpec("position_ids", "int64", ("batch", 1)),
+            *_kv(dims, past_name, "past"),
+        ),
+        outputs=(TensorSpec("logits", "float32", ("batch", dims.vocab)), *_kv(dims, present_name, "total")),
+    )
+
+
+def graph_specs(dims: ModelDims) -> dict[str, GraphSpec]:
+    return {
+        ENCODER: encoder_spec(dims),
+        PROMPT_ENCODE: prompt_encode_spec(dims),
+        DECODE_STEP: decode_step_spec(dims),
+    }
+
+
+def audio_tokens_for_frames(frames: int, window: int = 15, downsample: int = 5) -> int:
+    """Projector output length for ``frames`` stacked encoder frames (one query per ``downsample``)."""
+    return -(-frames // window) * (window // downsample)
+
+
+def dummy_inputs(
+    spec: GraphSpec, dims: ModelDims, seed: int = 0, *, batch: int = 1, frames: int = 430, past: int = 9
+) -> dict[str, np.ndarray]:
+    """Example inputs used to trace (and, at other sizes, to check) a graph.
+
+    The default sizes are deliberately not special: 430 encoder frames is a partial 200-frame
+    attention block and a partial 15-frame projector window, so a length baked in by tracing shows up
+    at any other length; the prompt holds the audio tokens in the middle, as a real chat prompt does.
+    """
+    rng = np.random.default_rng(seed)
+    audio_tokens, text_before, text_after = audio_tokens_for_frames(frames), 5, 7
+    if spec.name == ENCODER:
+        return {"input_features": rng.standard_normal((batch, frames, dims.feature_dim)).astype(np.float32)}
+    if spec.name == PROMPT_ENCODE:
+        ids = np.concatenate(
+            [
+                rng.integers(0, dims.audio_token_id, (batch, text_before)),
+                np.full((batch, audio_tokens), dims.audio_token_id),
+                rng.integers(0, dims.audio_token_id, (batch, text_after)),
+            ],
+            axis=1,
+        ).astype(np.int64)
+        seq = ids.shape[1]
+        return {
+            "input_ids": ids,
+            "audio_embeds": rng.standard_normal((batch, audio_tokens, dims.hidden)).astype(np.float32),
+            "attention_mask": np.ones((batch, seq), np.int64),
+            "position_ids": np.arange(seq, dtype=np.int64)[None].repeat(batch, 0),
+        }
+    feeds = {
+        "input_ids": rng.integers(0, dims.audio_token_id, (batch, 1)).astype(np.int64),
+        "attention_mask": np.ones((batch, past + 1), np.int64),
+        "position_ids": np.full((batch, 1), past, np.int64),
+    }
+    for t in spec.inputs[3:]:
+        feeds[t.name] = rng.standard_normal((batch, dims.kv_heads, past, dims.head_dim)).astype(np.float32)
+    return feeds

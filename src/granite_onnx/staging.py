@@ -1,0 +1,61 @@
+"""Write a stage's output into a temporary folder and move it into place only when whole.
+
+An interrupted or failed stage leaves the previous good folder untouched and no half-written
+graph where a user (or the next stage) would look.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import GraniteOnnxError
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Fail early, with the fix, when ``out_dir`` cannot become a bundle folder."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise GraniteOnnxError(f"--out-dir {out_dir} is a file, not a folder: choose another path")
+    parent = out_dir.resolve().parent
+    if not parent.is_dir():
+        raise GraniteOnnxError(f"cannot create {out_dir}: its parent folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise GraniteOnnxError(f"cannot write to {parent}: no write permission (choose another --out-dir)")
+
+
+@contextlib.contextmanager
+def staged_dir(out_dir: Path, keep_existing: bool = False) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``out_dir``; on success it replaces ``out_dir``.
+
+    With ``keep_existing`` the staging folder starts as a copy of ``out_dir`` (a stage that adds
+    files to an existing bundle). On any exception the staging folder is removed and ``out_dir``
+    is left as it was.
+    """
+    out_dir = Path(out_dir)
+    check_output_dir(out_dir)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.resolve().parent))
+    try:
+        if keep_existing and out_dir.is_dir():
+            shutil.copytree(out_dir, stage, dirs_exist_ok=True)
+        yield stage
+        os.chmod(stage, 0o755)
+        replace_dir(stage, out_dir)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Swap ``new`` into ``target`` with renames, removing the old folder last."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,59 @@
+"""Shared pytest fixtures. The tiny checkpoint comes first; other fixtures follow below it."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+# Run from a source checkout without `pip install -e .`: put src/ on the path if the package is not installed.
+if importlib.util.find_spec("granite_onnx") is None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+REPO = Path(__file__).resolve().parents[1]
+CLIPS = REPO / "clips"
+
+
+# --- tiny checkpoint -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in tiny Granite Speech checkpoint, written once per session (a few seconds, ~1 MB).
+
+    Treat it as read-only: a test that needs a modified checkpoint copies it into its own tmp_path.
+    """
+    from granite_onnx.fixtures import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "checkpoint")
+
+
+# --- reference model and exported bundle -------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_ckpt: Path):
+    """The tiny checkpoint loaded as transformers' PyTorch model (eager, FP32): the reference."""
+    from granite_onnx.checkpoint import load_reference_model
+
+    return load_reference_model(tiny_ckpt)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The FP32 bundle exported from the tiny checkpoint, once per session (read-only for tests)."""
+    from granite_onnx.checkpoint import CheckpointSource
+    from granite_onnx.export.stage import export_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "tiny"
+    export_bundle(CheckpointSource(tiny_ckpt), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def clip_manifest() -> list[dict]:
+    import json
+
+    return json.loads((CLIPS / "manifest.json").read_text())["clips"]
