@@ -22,8 +22,12 @@ def check_output_dir(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise GraniteOnnxError(f"--out-dir {out_dir} is a file, not a folder: choose another path")
     parent = out_dir.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GraniteOnnxError(f"cannot create {parent}: {exc.strerror} (choose another --out-dir)") from exc
     if not parent.is_dir():
-        raise GraniteOnnxError(f"cannot create {out_dir}: its parent folder {parent} does not exist")
+        raise GraniteOnnxError(f"cannot create {out_dir}: {parent} is not a folder")
     if not os.access(parent, os.W_OK):
         raise GraniteOnnxError(f"cannot write to {parent}: no write permission (choose another --out-dir)")
 
