@@ -11,9 +11,9 @@ BUNDLE ?= out/$(MODEL)
 CLIP ?= clips/jfk.flac
 SOURCE := $(if $(MODEL_DIR),--model-dir $(MODEL_DIR),--model $(MODEL))
 
-.PHONY: all setup export transcribe test lint bench clean
+.PHONY: all setup export parity metadata transcribe bundle publish regenerate expected test lint bench clean
 
-all: export transcribe
+all: export parity metadata transcribe
 
 setup: $(VENV)/.installed
 
@@ -30,8 +30,28 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 export: setup
 	$(CLI) export $(SOURCE) --out-dir $(BUNDLE)
 
+parity: setup
+	$(CLI) parity --bundle $(BUNDLE) $(SOURCE) --clips clips
+
+metadata: setup
+	$(CLI) metadata --bundle $(BUNDLE)
+
 transcribe: setup
 	$(CLI) transcribe --bundle $(BUNDLE) $(CLIP)
+
+bundle: setup
+	$(CLI) bundle --bundle $(BUNDLE) --dest $(BUNDLE)-publish
+
+# make publish REPO_ID=owner/name [REVISION=branch] [DRY_RUN=1]
+publish: bundle
+	$(CLI) publish --bundle $(BUNDLE)-publish --repo-id $(REPO_ID) $(if $(REVISION),--revision $(REVISION)) $(if $(DRY_RUN),--dry-run)
+
+# Regenerate every artefact of the tiny model and fail if a sha256 or a parity result moved.
+# After an intended change: make regenerate UPDATE=1, and commit expected/tiny.json.
+regenerate: export parity metadata expected
+
+expected: setup
+	$(CLI) expect --bundle $(BUNDLE) --expected expected/$(MODEL).json $(if $(UPDATE),--update)
 
 test: setup
 	$(PY) -m pytest -q

@@ -92,3 +92,58 @@ def audit_file(path: Path) -> AuditResult:
     except Exception as exc:
         problems.append(f"onnx.checker: {str(exc).splitlines()[0][:200]}")
     return AuditResult(path.name, tuple(problems))
+
+
+def check_loads(path: Path) -> list[str]:
+    """The graph opens in onnxruntime with basic and with all graph optimisations."""
+    import onnxruntime as ort
+
+    problems = []
+    for label, level in (
+        ("ORT_ENABLE_BASIC", ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),
+        ("ORT_ENABLE_ALL", ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
+    ):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        options.log_severity_level = 3
+        options.add_session_config_entry(
+            "session.disable_prepacking", "1"
+        )  # load check only: no weight copies
+        try:
+            ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            problems.append(f"onnxruntime {label} refuses it: {str(exc).strip().splitlines()[0][:200]}")
+    return problems
+
+
+def _io(model: onnx.ModelProto, values: str) -> dict[str, tuple]:
+    out = {}
+    for v in getattr(model.graph, values):
+        t = v.type.tensor_type
+        out[v.name] = (t.elem_type, tuple(d.dim_param or d.dim_value for d in t.shape.dim))
+    return out
+
+
+def check_kv_agreement(prompt_path: Path, decode_path: Path) -> list[str]:
+    """prompt_encode's presents feed decode_step's pasts: same layers, dtypes, heads and head size."""
+    prompt = _io(onnx.load(str(prompt_path), load_external_data=False), "output")
+    decode_in = _io(onnx.load(str(decode_path), load_external_data=False), "input")
+    decode_out = _io(onnx.load(str(decode_path), load_external_data=False), "output")
+    problems = []
+    presents = sorted(n for n in prompt if n.startswith("present."))
+    pasts = sorted(n for n in decode_in if n.startswith("past_key_values."))
+    if [n.replace("present.", "", 1) for n in presents] != [
+        n.replace("past_key_values.", "", 1) for n in pasts
+    ]:
+        problems.append(
+            f"prompt_encode has {len(presents)} presents, decode_step {len(pasts)} pasts with other names"
+        )
+    for name in presents:
+        past = "past_key_values." + name[len("present.") :]
+        for other, where in ((decode_in.get(past), past), (decode_out.get(name), f"decode_step {name}")):
+            if other is None:
+                continue
+            (dtype_a, shape_a), (dtype_b, shape_b) = prompt[name], other
+            if dtype_a != dtype_b or shape_a[1] != shape_b[1] or shape_a[3] != shape_b[3]:
+                problems.append(f"{name} {prompt[name]} does not match {where} {other}")
+    return problems

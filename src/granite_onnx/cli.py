@@ -104,6 +104,168 @@ def transcribe(bundle, tier, max_new_tokens, threads, as_json, audio) -> None:
             click.echo(f"{path}: {result.text}")
 
 
+@cli.command()
+@click.option("--bundle", required=True, type=click.Path(path_type=Path), help="Bundle folder from `export`.")
+@click.option(
+    "--model-dir", type=click.Path(path_type=Path), help="The checkpoint the bundle was exported from."
+)
+@click.option("--model", help="Hub id, or 'tiny' for the built-in fixture.")
+@click.option("--revision", help="Hub revision with --model.")
+@click.option(
+    "--clips",
+    "clips_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder of audio clips (manifest.json gives order and human references).",
+)
+@click.option("--reference", default=None, help="Clip for the numeric block (default: the manifest's first).")
+@click.option("--tier", "tiers", multiple=True, help="Tiers to check (fp32, int8, ...); default: all found.")
+@click.option(
+    "--wer-limit",
+    default=0.02,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Corpus WER vs PyTorch allowed for quantised tiers.",
+)
+@click.option("--max-new-tokens", default=200, show_default=True, type=click.IntRange(1, 4096))
+@click.option(
+    "--jobs", default=1, show_default=True, type=click.IntRange(1, 64), help="Clips in parallel processes."
+)
+def parity(
+    bundle, model_dir, model, revision, clips_dir, reference, tiers, wer_limit, max_new_tokens, jobs
+) -> None:
+    """Measure the bundle against transformers' PyTorch model; exit 1 when a gate fails."""
+    from tqdm import tqdm
+
+    from .parity.harness import ParityOptions, run_parity
+    from .parity.tables import summary_lines
+
+    source = _source(model_dir, model, revision)
+    options = ParityOptions(tuple(tiers), reference, max_new_tokens, wer_limit, jobs)
+    with tqdm(desc="parity", unit="clip", file=sys.stderr, leave=False) as bar:
+
+        def tick(done: int, total: int, what: str) -> None:
+            bar.total = total
+            bar.n = done
+            bar.set_postfix_str(what)
+
+        report = run_parity(bundle, source, clips_dir, options, progress=tick)
+    report.write(bundle)
+    for line in summary_lines(report):
+        click.echo(line)
+    if not report.passed:
+        failed = "; ".join(f"{g.name}: {g.detail}" for g in report.failed_gates())
+        click.echo(f"parity gate failed: {failed}", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--bundle", required=True, type=click.Path(path_type=Path), help="Bundle folder.")
+def metadata(bundle: Path) -> None:
+    """Write granite_export_metadata.json and the model card README.md from the stage outputs."""
+    from .metadata.stage import write_metadata
+
+    path = write_metadata(bundle)
+    click.echo(f"wrote {path} and {path.parent / 'README.md'}")
+
+
+@cli.command("bundle")
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path), help="Bundle folder.")
+@click.option(
+    "--dest", required=True, type=click.Path(path_type=Path), help="Publishable folder to (re)create."
+)
+@click.option("--force", is_flag=True, help="Assemble even though a parity gate failed (the card says so).")
+def bundle_cmd(bundle_dir: Path, dest: Path, force: bool) -> None:
+    """Assemble the publishable folder: graphs, processor files, metadata, card, LICENSE, SHA256SUMS."""
+    from .publish.assemble import assemble
+
+    result = assemble(bundle_dir, dest, force=force)
+    if result.forced:
+        click.echo(f"warning: assembled despite failed gates: {', '.join(result.failed_gates)}", err=True)
+    click.echo(f"assembled {len(result.files)} files in {result.dest}")
+
+
+@cli.command()
+@click.option("--bundle", "folder", required=True, type=click.Path(path_type=Path), help="Assembled folder.")
+@click.option("--repo-id", required=True, help="OWNER/NAME of the Hub model repo.")
+@click.option("--revision", default=None, help="Branch to commit to (created if needed).")
+@click.option("--private", is_flag=True, help="Create the repo as private.")
+@click.option("--dry-run", is_flag=True, help="Print the operations and sizes; touch no network.")
+def publish(folder: Path, repo_id: str, revision: str | None, private: bool, dry_run: bool) -> None:
+    """Upload an assembled bundle to the Hub in one commit (token from HF_TOKEN or the login cache)."""
+    from .publish.hub import describe
+    from .publish.hub import publish as run_publish
+
+    result = run_publish(folder, repo_id, revision=revision, private=private, dry_run=dry_run)
+    for line in describe(result):
+        click.echo(line)
+
+
+@cli.command()
+@click.option("--bundle", type=click.Path(path_type=Path), help="Local bundle folder.")
+@click.option("--repo-id", help="Download a published bundle from the Hub (needs a network) and check it.")
+@click.option("--revision", default=None, help="Hub revision with --repo-id.")
+@click.option("--model-dir", type=click.Path(path_type=Path), help="Also run parity against this checkpoint.")
+@click.option("--model", help="Hub id or 'tiny' for parity.")
+@click.option(
+    "--clips", "clips_dir", type=click.Path(path_type=Path), default=Path("clips"), show_default=True
+)
+def verify(bundle, repo_id, revision, model_dir, model, clips_dir) -> None:
+    """Portability audit (and checksums, and optionally parity); exit 1 on any failure."""
+    from .verify import download_bundle, format_checks, verify_bundle
+
+    if (bundle is None) == (repo_id is None):
+        raise click.UsageError("give exactly one of --bundle DIR or --repo-id OWNER/NAME")
+    folder = download_bundle(repo_id, revision) if repo_id else bundle
+    checks = verify_bundle(folder, require_manifest=repo_id is not None)
+    for line in format_checks(checks):
+        click.echo(line)
+    failed = [c for c in checks if not c.ok]
+    if model_dir is not None or model is not None:
+        from .parity.harness import ParityOptions, run_parity
+        from .parity.tables import summary_lines
+
+        report = run_parity(folder, _source(model_dir, model, None), clips_dir, ParityOptions())
+        for line in summary_lines(report):
+            click.echo(line)
+        failed += report.failed_gates()
+    if failed:
+        click.echo(f"verify failed: {len(failed)} check(s)", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@click.option(
+    "--bundle", required=True, type=click.Path(path_type=Path), help="Bundle after export and parity."
+)
+@click.option(
+    "--expected", required=True, type=click.Path(path_type=Path), help="Committed expectation (JSON)."
+)
+@click.option("--update", is_flag=True, help="Write the bundle's snapshot as the new expectation.")
+def expect(bundle: Path, expected: Path, update: bool) -> None:
+    """Compare artefact sha256s and parity results with a committed expectation; exit 1 on a difference."""
+    from .publish.expectation import differences, snapshot, toolchain_changes
+    from .staging import write_text_atomic
+
+    actual = snapshot(bundle)
+    if update:
+        write_text_atomic(expected, json.dumps(actual, indent=2, ensure_ascii=False) + "\n")
+        click.echo(f"wrote {expected}")
+        return
+    if not expected.is_file():
+        raise GraniteOnnxError(f"{expected} does not exist: create it with --update")
+    want = json.loads(expected.read_text(encoding="utf-8"))
+    for line in toolchain_changes(actual, want):
+        click.echo(f"note: {line}")
+    diff = differences(actual, want)
+    for line in diff:
+        click.echo(line)
+    if diff:
+        click.echo(f"{bundle} differs from {expected} in {len(diff)} place(s)", err=True)
+        sys.exit(1)
+    click.echo(f"{bundle} matches {expected}: {len(actual['sha256'])} artefacts, parity results identical")
+
+
 def main() -> None:
     cli(prog_name="granite-onnx")
 

@@ -18,17 +18,36 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
+from ..audit import check_kv_agreement
 from ..checkpoint import CheckpointSource, copy_processor_files, load_reference_model, validate_checkpoint
 from ..errors import GraniteOnnxError
 from ..runtime.bundle import graph_file
 from ..runtime.sessions import open_session
-from ..specs import GRAPH_NAMES, GraphSpec, ModelDims, dummy_inputs, graph_specs
+from ..specs import (
+    DECODE_STEP,
+    GRAPH_NAMES,
+    IR_VERSION,
+    OPSET,
+    PROMPT_ENCODE,
+    GraphSpec,
+    ModelDims,
+    dummy_inputs,
+    graph_specs,
+)
 from ..staging import check_output_dir, staged_dir
+from ..toolchain import versions
 from .trace import reference_outputs, trace_graph
 from .writer import finalise, sidecar_name
 
 REPORT_FILE = "export_report.json"
+EXPORTER = {
+    "path": "torch.onnx.export (TorchScript)",
+    "dynamo": False,
+    "opset": OPSET,
+    "ir_version": IR_VERSION,
+    "external_data": "one <graph>.onnx_data sidecar per graph; tensors over 1 KiB external",
+    "do_constant_folding": True,
+}
 EXTRA_CHECKPOINT_FILES = ("config.json", "generation_config.json")
 
 # Second size for the gate: an exact multiple of the 200-frame attention block (the classic
@@ -41,6 +60,7 @@ class ExportOptions:
     graphs: tuple[str, ...] = GRAPH_NAMES
     check: bool = True
     rtol: float = 1e-4  # max |onnx - torch| <= rtol * (1 + max |torch|): float32 reassociation only
+    length_patches: bool = True  # False only to reproduce the traced-length bug in tests
 
 
 @dataclass(frozen=True)
@@ -62,7 +82,8 @@ class ExportResult:
     copied_files: tuple[str, ...]
     seconds: float
     peak_rss_mib: float
-    package_version: str = __version__
+    toolchain: dict = field(default_factory=versions)
+    exporter: dict = field(default_factory=lambda: dict(EXPORTER))
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -78,7 +99,7 @@ def peak_rss_mib() -> float:
 
 def check_graph(model, spec: GraphSpec, dims: ModelDims, path: Path, rtol: float) -> dict[str, float]:
     """Compare onnxruntime with the PyTorch wrapper at the traced size and at CHECK_SIZES."""
-    session = open_session(path, opt_level="basic")
+    session = open_session(path, opt_level="basic", prepack=False)
     errors: dict[str, float] = {}
     for label, sizes in (("traced", {}), ("other", CHECK_SIZES)):
         feeds = dummy_inputs(spec, dims, seed=1, **sizes)
@@ -107,7 +128,7 @@ def export_graph(
     out_path = out_dir / graph_file(spec.name)
     with tempfile.TemporaryDirectory(prefix=f"{spec.name}-raw-", dir=out_dir.parent) as raw:
         raw_path = Path(raw) / "raw.onnx"
-        trace_graph(model, spec, dims, raw_path)
+        trace_graph(model, spec, dims, raw_path, options.length_patches)
         summary = finalise(raw_path, out_path, spec)
     errors = check_graph(model, spec, dims, out_path, options.rtol) if options.check else {}
     return GraphReport(
@@ -147,6 +168,10 @@ def export_bundle(
         for name in options.graphs:
             say(f"exporting {name}" + (" and checking it against PyTorch" if options.check else ""))
             reports.append(export_graph(model, specs[name], dims, stage, options))
+        if {PROMPT_ENCODE, DECODE_STEP} <= set(options.graphs):  # each file was audited by finalise
+            problems = check_kv_agreement(stage / graph_file(PROMPT_ENCODE), stage / graph_file(DECODE_STEP))
+            if problems:
+                raise ExportCheckError(f"prompt_encode and decode_step disagree: {problems[0]}")
         copied = copy_processor_files(source.path, stage)
         for name in EXTRA_CHECKPOINT_FILES:
             if (source.path / name).is_file():

@@ -27,11 +27,18 @@ def _quiet_exporter():
         yield
 
 
-def trace_graph(model: nn.Module, spec: GraphSpec, dims: ModelDims, raw_path: Path) -> None:
-    """Trace the wrapper for ``spec`` into ``raw_path`` (the exporter's own layout, finalised later)."""
+def trace_graph(
+    model: nn.Module, spec: GraphSpec, dims: ModelDims, raw_path: Path, length_patches: bool = True
+) -> None:
+    """Trace the wrapper for ``spec`` into ``raw_path`` (the exporter's own layout, finalised later).
+
+    ``length_patches=False`` traces upstream's forwards as they are: the graph is then only right at
+    the traced length. It exists so tests can prove the parity harness catches that bug.
+    """
     wrapper = build_wrapper(spec.name, model, dims)
     args = _as_torch(dummy_inputs(spec, dims), spec)
-    with torch.no_grad(), dynamic_length_patches(model) as patched, _quiet_exporter():
+    patches = dynamic_length_patches(model) if length_patches else contextlib.nullcontext(-1)
+    with torch.no_grad(), patches as patched, _quiet_exporter():
         if patched == 0:
             raise RuntimeError(
                 "no Granite Speech encoder modules found to patch; unsupported transformers version?"

@@ -45,3 +45,19 @@ def greedy(model, input_ids: np.ndarray, features: np.ndarray, max_new_tokens: i
     tokens = tuple(t for t in new if t not in eos)
     logits = torch.stack(out.logits)[:, 0].numpy()
     return ReferenceGreedy(tokens, logits)
+
+
+@torch.no_grad()
+def prompt_outputs(model, input_ids: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Last-position logits and every layer's key/value (spec order) for the whole prompt."""
+    ids = torch.from_numpy(input_ids)
+    out = model(
+        input_ids=ids,
+        input_features=torch.from_numpy(features),
+        attention_mask=torch.ones_like(ids),
+        use_cache=True,
+    )
+    kv = []
+    for layer in out.past_key_values.layers:
+        kv += [layer.keys.numpy(), layer.values.numpy()]
+    return out.logits[:, -1].numpy(), kv

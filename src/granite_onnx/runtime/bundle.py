@@ -64,3 +64,15 @@ def _eos_ids(folder: Path, config: dict) -> tuple[int, ...]:
     if value is None:
         return ()
     return tuple(value) if isinstance(value, list) else (int(value),)
+
+
+def available_tiers(folder: Path) -> list[str | None]:
+    """FP32 (None) plus every tier whose three graphs are all present, in name order."""
+    folder = Path(folder)
+    tiers: list[str | None] = [None]
+    prefix = f"{GRAPH_NAMES[0]}_"
+    for path in sorted(folder.glob(f"{prefix}*.onnx")):
+        tier = path.stem[len(prefix) :]
+        if all((folder / graph_file(n, tier)).is_file() for n in GRAPH_NAMES):
+            tiers.append(tier)
+    return tiers

@@ -1,0 +1,581 @@
+"""The bundle's model card (``README.md``), rendered from the metadata document alone.
+
+The card never measures, counts or converts anything: every number on it is a value of the
+metadata (formatted for reading: errors to three significant figures, word error rates as
+percentages), so the card and ``granite_export_metadata.json`` cannot disagree. Where a stage has
+not run, the card says so in words instead of showing an empty number.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from pathlib import Path
+
+from ..specs import GRAPH_NAMES
+
+FP32 = "fp32"
+SHA_PREFIX = 12
+HUB_TAGS = ("onnx", "onnxruntime", "speech", "asr", "granite", "granite-speech")
+_KV = re.compile(r"^(?P<prefix>.+)\.(?P<layer>\d+)\.(?P<kind>key|value)$")
+_PLAIN_YAML = re.compile(r"[A-Za-z0-9][\w./-]*")
+NOT_MEASURED = "not measured"
+DASH = "-"
+
+
+# --- formatting --------------------------------------------------------------------------------------
+
+
+def visible(text: str) -> str:
+    """Control and format characters spelled ``\\uXXXX`` so a transcript cannot break the page."""
+    return "".join(
+        f"\\u{ord(c):04x}"
+        if c not in "\n\t" and unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn")
+        else c
+        for c in text
+    )
+
+
+def _html_safe(text: str) -> str:
+    """``<`` and ``>`` as entities outside code spans (inside them they already show literally)."""
+    pieces = re.split(r"(`[^`]*`)", text)
+    return "".join(p if p.startswith("`") else p.replace("<", "&lt;").replace(">", "&gt;") for p in pieces)
+
+
+def cell(value) -> str:
+    """One Markdown table cell: one line, pipes escaped, no stray HTML."""
+    text = _html_safe(visible(str(value)).replace("\\", "\\\\")).replace("|", "\\|")
+    return " ".join(text.split()) or DASH
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def sci(value: float | None) -> str:
+    """A measured error, three significant figures."""
+    return DASH if value is None else f"{value:.3g}"
+
+
+def pct(value: float | None) -> str:
+    """A word error rate as a percentage; ``-`` where there was nothing to compare with."""
+    return DASH if value is None else f"{value:.2%}"
+
+
+def fenced(text: str, lang: str = "text") -> str:
+    """A code block whose fence is longer than any backtick run inside ``text``."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{lang}\n{visible(text)}\n{fence}"
+
+
+def yaml_scalar(value: str) -> str:
+    return (
+        value if _PLAIN_YAML.fullmatch(value) else '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    )
+
+
+def yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def sha_prefix(digest: str | None) -> str:
+    return f"`{digest[:SHA_PREFIX]}`" if digest else DASH
+
+
+# --- facts the sections share ------------------------------------------------------------------------
+
+
+def hub_id(meta: dict) -> str | None:
+    """The source's Hub model id, when the bundle came from the Hub (not a folder, not the fixture)."""
+    source = meta["source_model"]
+    model_id = source.get("id")
+    if source.get("is_fixture") or not model_id or "/" not in model_id:
+        return None
+    return model_id
+
+
+def model_name(meta: dict) -> str:
+    source = meta["source_model"]
+    if source.get("id"):
+        return source["id"].rsplit("/", 1)[-1]
+    return Path(source.get("folder") or "checkpoint").name
+
+
+def fp32_graphs(meta: dict) -> list[dict]:
+    """The three FP32 graph entries, in pipeline order."""
+    graphs = meta["graphs"]
+    return [graphs[n] for n in GRAPH_NAMES if n in graphs]
+
+
+def tiers_present(meta: dict) -> list[str]:
+    return sorted({g["tier"] for g in meta["graphs"].values() if g.get("tier")}, key=lambda t: (t != FP32, t))
+
+
+def source_args(meta: dict) -> str:
+    """The ``--model``/``--model-dir`` arguments that name this bundle's checkpoint."""
+    source = meta["source_model"]
+    if source.get("is_fixture"):
+        return "--model tiny"
+    model_id = hub_id(meta)
+    if model_id:
+        revision = source.get("commit") or source.get("revision")
+        return f"--model {model_id}" + (f" --revision {revision}" if revision else "")
+    return f"--model-dir /path/to/{model_name(meta)}"
+
+
+# --- sections ----------------------------------------------------------------------------------------
+
+
+def front_matter(meta: dict) -> str:
+    """Hub YAML header: licence, base model (when known), task, library and tags."""
+    lines = ["---", "license: apache-2.0"]
+    base = hub_id(meta)
+    if base:
+        lines.append(f"base_model: {yaml_scalar(base)}")
+    lines += ["pipeline_tag: automatic-speech-recognition", "library_name: onnx", "tags:"]
+    tags = list(HUB_TAGS) + [t for t in tiers_present(meta) if t != FP32]
+    lines += [f"- {yaml_scalar(t)}" for t in tags]
+    lines.append("---")
+    return "\n".join(lines)
+
+
+def intro(meta: dict) -> str:
+    source, exporter = meta["source_model"], meta["toolchain"]["exporter"]
+    base = hub_id(meta)
+    if base:
+        origin = f"ONNX export of [`{base}`](https://huggingface.co/{base})"
+        pinned = source.get("commit") or source.get("revision")
+        if pinned:
+            origin += f" at revision `{pinned}`"
+    elif source.get("is_fixture"):
+        origin = (
+            "ONNX export of granite-onnx's built-in tiny Granite Speech checkpoint "
+            "(random weights, for tests: its transcripts are meaningless)"
+        )
+    else:
+        origin = f"ONNX export of the local Granite Speech checkpoint `{model_name(meta)}`"
+    domains = sorted({d for g in fp32_graphs(meta) for d in g["domains"]})
+    parts = [
+        f"# {model_name(meta)} - ONNX",
+        f"{origin}, made with granite-onnx {meta['toolchain'].get('granite-onnx')}. "
+        f"Exporter: {exporter['path']}, `dynamo={exporter['dynamo']}`, opset {exporter['opset']}, "
+        f"IR version {exporter['ir_version']}; operator domains used: "
+        + ", ".join(f"`{d}`" for d in domains)
+        + ".",
+        "Three graphs run in sequence: `encoder` turns stacked log-mel features into audio embeddings; "
+        "`prompt_encode` runs the language model over the chat prompt, merging the audio embeddings at the "
+        f"positions where `input_ids` equals the audio token id ({meta['token_ids']['audio']}), "
+        "and returns the last position's logits and the KV cache; `decode_step` takes one token "
+        "and the cache and returns the next logits and the grown cache.",
+    ]
+    return "\n\n".join(parts)
+
+
+def publication_notice(meta: dict) -> str:
+    """A forced publication (``granite-onnx bundle --force``) says so at the top, naming the failed gates."""
+    publication = meta.get("publication") or {}
+    if not publication.get("forced"):
+        return ""
+    gates = ", ".join(f"`{g}`" for g in publication.get("failed_gates", [])) or "unknown"
+    return f"> **Warning:** published with `--force` although these parity gates did not pass: {gates}."
+
+
+def files_section(meta: dict) -> str:
+    rows = []
+    for g in meta["graphs"].values():
+        side = g.get("sidecar") or {}
+        rows.append(
+            [
+                f"`{g['file']}`",
+                f"`{side['file']}`" if side else DASH,
+                g["bytes"],
+                side.get("bytes", DASH),
+                sha_prefix(g["sha256"]),
+                sha_prefix(side.get("sha256")),
+            ]
+        )
+    for name, facts in sorted(meta.get("files", {}).items()):
+        rows.append([f"`{name}`", DASH, facts["bytes"], DASH, sha_prefix(facts["sha256"]), DASH])
+    header = ["file", "sidecar", "bytes", "sidecar bytes", "sha256 (prefix)", "sidecar sha256 (prefix)"]
+    return "\n\n".join(
+        [
+            "## Files",
+            table(header, rows),
+            "Full sha256 digests, op-type counts and the export checks are in "
+            "`granite_export_metadata.json`.",
+        ]
+    )
+
+
+def shape_text(shape) -> str:
+    if shape is None:
+        return "unknown rank"
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _index_text(layers: list[int]) -> str:
+    if layers == list(range(layers[0], layers[-1] + 1)) and len(layers) > 1:
+        return f"i = {layers[0]}..{layers[-1]}"
+    return "i in {" + ", ".join(str(i) for i in layers) + "}"
+
+
+def grouped_tensors(tensors: list[dict]) -> list[list[str]]:
+    """Rows of (name, dtype, shape), per-layer KV tensors of equal dtype and shape folded into one row."""
+    rows: list[list[str]] = []
+    groups: dict[tuple, dict] = {}
+    for t in tensors:
+        shape = shape_text(t["shape"])
+        match = _KV.match(t["name"])
+        if not match:
+            rows.append([f"`{t['name']}`", t["dtype"], shape])
+            continue
+        key = (match["prefix"], t["dtype"], shape)
+        if key not in groups:
+            groups[key] = {"layers": [], "kinds": [], "row": len(rows)}
+            rows.append([])
+        group = groups[key]
+        if int(match["layer"]) not in group["layers"]:
+            group["layers"].append(int(match["layer"]))
+        if match["kind"] not in group["kinds"]:
+            group["kinds"].append(match["kind"])
+    for (prefix, dtype, shape), group in groups.items():
+        kinds = group["kinds"][0] if len(group["kinds"]) == 1 else "{" + ",".join(group["kinds"]) + "}"
+        name = f"`{prefix}.{{i}}.{kinds}`"
+        if len(group["layers"]) > 1:
+            name += f", {_index_text(sorted(group['layers']))}"
+        else:
+            name = f"`{prefix}.{group['layers'][0]}.{kinds}`"
+        rows[group["row"]] = [name, dtype, shape]
+    return rows
+
+
+def graph_contract(g: dict) -> str:
+    imports = ", ".join(f"`{d}` {v}" for d, v in sorted(g["opset_imports"].items()))
+    rows = [["input", *r] for r in grouped_tensors(g["inputs"])]
+    rows += [["output", *r] for r in grouped_tensors(g["outputs"])]
+    return "\n\n".join(
+        [
+            f"### `{g['file']}`",
+            f"IR version {g['ir_version']}; opset imports: {imports}; domains: {', '.join(g['domains'])}.",
+            table(["", "name", "dtype", "shape"], rows),
+        ]
+    )
+
+
+def _same_io(a: dict, b: dict) -> bool:
+    return a["inputs"] == b["inputs"] and a["outputs"] == b["outputs"]
+
+
+def contract_section(meta: dict) -> str:
+    """Inputs and outputs of each FP32 graph; tier files listed only where their IO differs."""
+    graphs = meta["graphs"]
+    parts = [
+        "## Graph contract",
+        "Names, element types and shapes as stored in the files (words are symbolic dimensions).",
+    ]
+    parts += [graph_contract(g) for g in fp32_graphs(meta)]
+    same, other = [], []
+    for g in graphs.values():
+        if g.get("tier") == FP32:
+            continue
+        base = graphs.get(g["graph"])
+        (same if base and _same_io(g, base) else other).append(g)
+    if same:
+        parts.append(
+            "Same inputs and outputs as their FP32 graph: " + ", ".join(f"`{g['file']}`" for g in same) + "."
+        )
+    parts += [graph_contract(g) for g in other]
+    return "\n\n".join(parts)
+
+
+def _token_text(value) -> str:
+    if value is None:
+        return "not set"
+    return ", ".join(str(v) for v in value) if isinstance(value, list) else str(value)
+
+
+def prompt_section(meta: dict) -> str:
+    ids, prompt = meta["token_ids"], meta["prompt"]
+    rows = [[name, _token_text(ids[name])] for name in ("audio", "bos", "eos", "pad")]
+    return "\n\n".join(
+        [
+            "## Prompt and token ids",
+            table(["token", "id"], rows),
+            f"Instruction: {prompt['instruction']!r}. The rendered chat prompt (the placeholder "
+            f"`{prompt['audio_placeholder']}` is repeated once per audio embedding before tokenizing):",
+            fenced(prompt["text"]),
+            "Transcribe with onnxruntime alone (no torch): `granite-onnx transcribe --bundle . audio.flac`.",
+        ]
+    )
+
+
+def numeric_table(parity: dict) -> str:
+    header = [
+        "tier",
+        "clip",
+        "encoder max abs",
+        "encoder mean abs",
+        "encoder p99 abs",
+        "prompt logits max abs",
+        "first-token argmax",
+        "KV max abs",
+        "teacher-forced argmax mismatches",
+        "transcript vs PyTorch",
+    ]
+    rows = [
+        [
+            b["tier"],
+            b["clip"],
+            sci(b["encoder"]["max_abs"]),
+            sci(b["encoder"]["mean_abs"]),
+            sci(b["encoder"]["p99_abs"]),
+            sci(b["prompt_logits_max_abs"]),
+            "agrees" if b["prompt_argmax_agrees"] else "differs",
+            sci(b["kv_max_abs"]),
+            f"{b['decode']['mismatches']}/{b['decode']['steps']}",
+            "identical" if b["transcript_match"] else "differs",
+        ]
+        for b in parity["single_clip"]
+    ]
+    return table(header, rows)
+
+
+def mismatch_lines(parity: dict) -> list[str]:
+    """Where teacher-forced decoding disagreed, and how close PyTorch's own top-2 was at that step."""
+    lines = []
+    for b in parity["single_clip"]:
+        pairs = zip(b["decode"]["mismatch_steps"], b["decode"]["mismatch_margins"], strict=False)
+        steps = ", ".join(f"step {s} (PyTorch top-1 minus top-2 logit {sci(m)})" for s, m in pairs)
+        if steps:
+            lines.append(f"- {b['tier']}: {steps}")
+    return lines
+
+
+def transcript_rows(clip: dict) -> list[list]:
+    rows = [
+        [
+            clip["clip"],
+            f"{clip['duration_s']:g}",
+            "PyTorch",
+            DASH,
+            DASH,
+            pct(clip["pytorch_wer_vs_reference"]),
+            DASH,
+            DASH,
+            DASH,
+        ]
+    ]
+    for t in clip["tiers"]:
+        exact = f"error: {t['error']}" if t.get("error") else yes_no(t["byte_exact"])
+        step = DASH if t["first_divergent_step"] is None else t["first_divergent_step"]
+        rows.append(
+            [
+                clip["clip"],
+                f"{clip['duration_s']:g}",
+                t["tier"],
+                exact,
+                pct(t["wer_vs_pytorch"]),
+                pct(t["wer_vs_reference"]),
+                t["levenshtein_vs_fp32"],
+                step,
+                t["tokens"],
+            ]
+        )
+    return rows
+
+
+def transcript_table(parity: dict) -> str:
+    header = [
+        "clip",
+        "duration (s)",
+        "tier",
+        "byte-exact vs PyTorch",
+        "WER vs PyTorch",
+        "WER vs reference",
+        "Levenshtein vs fp32",
+        "first divergent step",
+        "tokens",
+    ]
+    return table(header, [row for clip in parity["multi_clip_parity"] for row in transcript_rows(clip)])
+
+
+def full_transcripts(parity: dict) -> str:
+    """Every transcript in full, folded away: the tables above say how they compare."""
+    parts = ["<details>\n<summary>Full transcripts</summary>"]
+    for clip in parity["multi_clip_parity"]:
+        parts.append(f"**{visible(clip['clip'])}**")
+        texts = [("reference", clip["reference_text"]), ("PyTorch", clip["pytorch_text"])]
+        texts += [(t["tier"], t["text"]) for t in clip["tiers"]]
+        for label, text in texts:
+            parts.append(f"{label}:\n\n" + (fenced(text) if text is not None else "(no reference text)"))
+    parts.append("</details>")
+    return "\n\n".join(parts)
+
+
+def gates_table(parity: dict) -> str:
+    rows = [[g["name"], "PASS" if g["passed"] else "FAIL", g["detail"]] for g in parity["gates"]]
+    return table(["gate", "verdict", "detail"], rows)
+
+
+def parity_section(meta: dict) -> str:
+    """The numeric block per tier, the per-clip transcript table and the gates; or plainly: not measured."""
+    parity = meta.get("parity")
+    if not parity:
+        return "\n\n".join(
+            [
+                "## Parity with PyTorch",
+                f"Parity with PyTorch was **{NOT_MEASURED}** for this bundle: it had no "
+                "`parity_report.json` when this card was generated. Run `granite-onnx parity` and then "
+                "`granite-onnx metadata` (see Reproduce) to add it.",
+            ]
+        )
+    model = parity.get("model") or {}
+    reference = model.get("model_id") or model.get("path") or "the source checkpoint"
+    parts = [
+        "## Parity with PyTorch",
+        "Measured by `granite-onnx parity` against transformers' PyTorch model "
+        f"(`{reference}`): both sides get identical features, decoding is greedy, at most "
+        f"{parity['max_new_tokens']} new tokens. Text normalisation for WER and edit distance: "
+        f"{parity['normalisation']}. Overall verdict: **{'PASS' if parity['passed'] else 'FAIL'}**.",
+        "### Numeric parity (single clip)",
+        "Largest absolute differences from PyTorch: encoder output (audio embeddings), "
+        "`prompt_encode` logits and KV cache; then `decode_step` fed PyTorch's own tokens "
+        "(teacher forcing), counting steps whose argmax differs.",
+        numeric_table(parity),
+    ]
+    lines = mismatch_lines(parity)
+    if lines:
+        parts.append("\n".join(lines))
+    parts += [
+        "### Transcripts",
+        "Free-running greedy transcripts of each tier against PyTorch's and against the human reference "
+        "(WER after normalisation; byte-exact compares the raw text).",
+        transcript_table(parity),
+        full_transcripts(parity),
+        "### Gates",
+        "FP32 must be byte-exact on every clip; a quantised tier's corpus WER against PyTorch "
+        f"must not exceed {pct(parity['wer_limit'])}.",
+        gates_table(parity),
+    ]
+    unmeasured = [t for t in tiers_present(meta) if t not in parity.get("tiers", [])]
+    if unmeasured:
+        parts.append(f"Tiers in this bundle whose parity was {NOT_MEASURED}: {', '.join(unmeasured)}.")
+    return "\n\n".join(parts)
+
+
+def flat_items(value, prefix: str = "") -> list[list]:
+    """(dotted key, scalar) rows of a nested report: lists of scalars joined, others indexed."""
+    if isinstance(value, dict):
+        return [row for k, v in value.items() for row in flat_items(v, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(value, list):
+        if all(not isinstance(v, dict | list) for v in value):
+            return [[prefix, ", ".join(str(v) for v in value)]]
+        return [row for i, v in enumerate(value) for row in flat_items(v, f"{prefix}[{i}]")]
+    return [[prefix, value]]
+
+
+def quantisation_section(meta: dict) -> str:
+    """Each tier's quantise report as written by the quantise stage (nothing when none ran)."""
+    quant = meta.get("quantisation") or {}
+    if not quant:
+        return ""
+    parts = ["## Quantisation"]
+    for tier, report in sorted(quant.items()):
+        parts += [f"### {tier}", table(["field", "value"], [[f"`{k}`", v] for k, v in flat_items(report)])]
+    return "\n\n".join(parts)
+
+
+def toolchain_section(meta: dict) -> str:
+    tools = meta["toolchain"]
+    rows = [
+        [name, version if version is not None else "not installed"]
+        for name, version in tools.items()
+        if name != "exporter"
+    ]
+    exporter_rows = [[key, value] for key, value in tools["exporter"].items()]
+    return "\n\n".join(
+        [
+            "## Toolchain",
+            "Versions recorded by the export stage.",
+            table(["package", "version"], rows),
+            table(["exporter setting", "value"], exporter_rows),
+        ]
+    )
+
+
+def reproduce_commands(meta: dict, bundle: str) -> list[str]:
+    """This project's commands that rebuild the bundle, its tiers, its parity report and this card."""
+    args = source_args(meta)
+    commands = [f"granite-onnx export {args} --out-dir {bundle}"]
+    commands += [
+        f"granite-onnx quantise --bundle {bundle} --tier {t}" for t in sorted(meta.get("quantisation") or {})
+    ]
+    parity = meta.get("parity")
+    parity_cmd = f"granite-onnx parity --bundle {bundle} {args} --clips clips"
+    if parity:
+        reference = {b["clip"] for b in parity["single_clip"]}
+        if len(reference) == 1:
+            parity_cmd += f" --reference {next(iter(reference))}"
+        parity_cmd += "".join(f" --tier {t}" for t in parity["tiers"])
+        parity_cmd += f" --max-new-tokens {parity['max_new_tokens']} --wer-limit {parity['wer_limit']}"
+    return [*commands, parity_cmd, f"granite-onnx metadata --bundle {bundle}"]
+
+
+def reproduce_section(meta: dict) -> str:
+    bundle = f"out/{model_name(meta)}"
+    commands = reproduce_commands(meta, bundle)
+    if hub_id(meta):
+        commands.insert(
+            1,
+            f"# or, from a local copy: granite-onnx export --model-dir /path/to/{model_name(meta)} "
+            f"--out-dir {bundle}",
+        )
+    return "\n\n".join(
+        [
+            "## Reproduce",
+            f"From a checkout of granite-onnx {meta['toolchain'].get('granite-onnx')} "
+            "(`make setup` installs the pinned toolchain into `.venv`):",
+            fenced("\n".join(commands), "sh"),
+            "`make all` runs the export and a transcription on the built-in tiny checkpoint, "
+            "with no download.",
+        ]
+    )
+
+
+def licence_section(meta: dict) -> str:
+    base = hub_id(meta)
+    origin = (
+        f"The weights are converted from [`{base}`](https://huggingface.co/{base}), "
+        "released under the Apache License 2.0; conversion to ONNX does not change their licence."
+        if base
+        else "The weights are those of the source checkpoint; check its licence."
+    )
+    if meta["source_model"].get("is_fixture"):
+        origin = "The weights are random, generated by granite-onnx."
+    return "\n\n".join(
+        [
+            "## Licence",
+            f"Apache License 2.0. {origin} granite-onnx, which made this bundle, is Apache-2.0 as well.",
+        ]
+    )
+
+
+def render_card(metadata: dict) -> str:
+    """The bundle's README.md: Hub header, files, contract, prompt, parity, toolchain, reproduce, licence."""
+    sections = [
+        front_matter(metadata),
+        intro(metadata),
+        publication_notice(metadata),
+        files_section(metadata),
+        contract_section(metadata),
+        prompt_section(metadata),
+        parity_section(metadata),
+        quantisation_section(metadata),
+        toolchain_section(metadata),
+        reproduce_section(metadata),
+        licence_section(metadata),
+    ]
+    return "\n\n".join(s for s in sections if s).rstrip() + "\n"

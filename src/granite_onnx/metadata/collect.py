@@ -1,0 +1,327 @@
+"""Gather ``granite_export_metadata.json`` from a bundle folder: pure reading, nothing recomputed.
+
+Everything measured (export checks, parity, quantisation) is copied from the stage that measured
+it, so the metadata can never disagree with the reports it summarises. Everything else is read
+from the files themselves: bytes and sha256 of each graph and sidecar, and inputs, outputs,
+op types and domains from the ONNX protobuf (loaded without its external data, so a 2B model's
+metadata costs a few hundred KB of memory plus one streaming hash per file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import jinja2
+import onnx
+from google.protobuf.message import DecodeError
+from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+from ..errors import BundleError
+from ..parity.report import FP32
+from ..parity.report import REPORT_FILE as PARITY_REPORT
+from ..runtime.prompt import DEFAULT_INSTRUCTION, PromptBuilder
+from ..specs import GRAPH_NAMES
+
+SCHEMA_VERSION = 1
+EXPORT_REPORT = "export_report.json"  # export.stage.REPORT_FILE; not imported, that module needs torch
+QUANTISE_PREFIX = "quantise_"
+DEFAULT_DOMAIN = "ai.onnx"
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+# --- small readers -----------------------------------------------------------------------------------
+
+
+def read_json(path: Path, fix: str) -> dict:
+    """Parse one JSON file of the bundle; a missing or corrupt file is a one-line BundleError with ``fix``."""
+    if not path.is_file():
+        raise BundleError(f"{path} is missing: {fix}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path} is not valid JSON ({type(exc).__name__}): {fix}") from exc
+
+
+def read_optional_json(path: Path, fix: str) -> dict | None:
+    """Like :func:`read_json`, but an absent file is ``None`` (a stage that has not run yet)."""
+    return read_json(path, fix) if path.is_file() else None
+
+
+def file_facts(path: Path) -> dict:
+    """Bytes and sha256 of one file, hashed in a stream (sidecars can be many GB)."""
+    with path.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"bytes": path.stat().st_size, "sha256": digest}
+
+
+def _field(report: dict, key: str, path: Path):
+    """A required key of a stage report; its absence means the report predates this package."""
+    if key not in report:
+        raise BundleError(f"{path} has no {key!r}: it was written by an older granite-onnx, export again")
+    return report[key]
+
+
+# --- ONNX files --------------------------------------------------------------------------------------
+
+
+def graph_identity(stem: str) -> tuple[str, str | None]:
+    """``encoder`` -> (encoder, fp32), ``encoder_int8`` -> (encoder, int8), anything else -> (stem, None)."""
+    for name in GRAPH_NAMES:
+        if stem == name:
+            return name, FP32
+        if stem.startswith(f"{name}_"):
+            return name, stem[len(name) + 1 :]
+    return stem, None
+
+
+def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield attr.g
+        yield from attr.graphs
+
+
+def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node, including those inside If/Loop/Scan bodies: op counts must not miss any."""
+    for node in graph.node:
+        yield node
+        for sub in _subgraphs(node):
+            yield from all_nodes(sub)
+
+
+def all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Initializers and constant attributes of the graph and its subgraphs (where external data may live)."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            yield from attr.tensors
+        for sub in _subgraphs(node):
+            yield from all_tensors(sub)
+
+
+def _dtype_name(elem_type: int) -> str:
+    """numpy's name for an ONNX element type ("float32", "int64"), the spelling specs.py uses."""
+    try:
+        return onnx.helper.tensor_dtype_to_np_dtype(elem_type).name
+    except (KeyError, ValueError, TypeError):
+        return onnx.TensorProto.DataType.Name(elem_type).lower()
+
+
+def _dim(dim: onnx.TensorShapeProto.Dimension) -> str | int | None:
+    if dim.HasField("dim_param"):
+        return dim.dim_param
+    if dim.HasField("dim_value"):
+        return dim.dim_value
+    return None
+
+
+def value_info(vi: onnx.ValueInfoProto) -> dict:
+    """Name, dtype and symbolic shape of one graph input or output (shape ``None`` when rank is unknown)."""
+    kind = vi.type.WhichOneof("value")
+    if kind != "tensor_type":
+        return {"name": vi.name, "dtype": kind, "shape": None}
+    tensor = vi.type.tensor_type
+    shape = [_dim(d) for d in tensor.shape.dim] if tensor.HasField("shape") else None
+    return {"name": vi.name, "dtype": _dtype_name(tensor.elem_type), "shape": shape}
+
+
+def op_type_counts(graph: onnx.GraphProto) -> dict[str, int]:
+    """Node count per op type; ops outside the default domain are keyed ``domain::Op``."""
+    counts = Counter(
+        n.op_type if n.domain in ("", DEFAULT_DOMAIN) else f"{n.domain}::{n.op_type}"
+        for n in all_nodes(graph)
+    )
+    return dict(sorted(counts.items()))
+
+
+def domains_used(graph: onnx.GraphProto) -> list[str]:
+    return sorted({n.domain or DEFAULT_DOMAIN for n in all_nodes(graph)})
+
+
+def sidecar_locations(model: onnx.ModelProto) -> list[str]:
+    return sorted({ExternalDataInfo(t).location for t in all_tensors(model.graph) if uses_external_data(t)})
+
+
+def load_graph(path: Path) -> onnx.ModelProto:
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except (DecodeError, OSError, ValueError) as exc:
+        raise BundleError(f"{path} is not a readable ONNX file ({type(exc).__name__}): export again") from exc
+
+
+def describe_sidecar(model: onnx.ModelProto, path: Path) -> dict | None:
+    """The one external-data file a graph names (None when it has none), with its bytes and sha256."""
+    locations = sidecar_locations(model)
+    if not locations:
+        return None
+    if len(locations) > 1:
+        raise BundleError(
+            f"{path.name} keeps its weights in {len(locations)} files {locations}, expected one sidecar"
+        )
+    sidecar = path.parent / locations[0]
+    if not sidecar.is_file():
+        raise BundleError(f"{path.name} names the sidecar {locations[0]}, which is missing: export again")
+    return {"file": locations[0], **file_facts(sidecar)}
+
+
+def describe_graph(path: Path) -> dict:
+    """Everything a consumer needs to know about one graph file, read from the file itself."""
+    model = load_graph(path)
+    graph, tier = graph_identity(path.stem)
+    return {
+        "file": path.name,
+        "graph": graph,
+        "tier": tier,
+        **file_facts(path),
+        "sidecar": describe_sidecar(model, path),
+        "ir_version": model.ir_version,
+        "opset_imports": {(o.domain or DEFAULT_DOMAIN): o.version for o in model.opset_import},
+        "inputs": [value_info(vi) for vi in model.graph.input],
+        "outputs": [value_info(vi) for vi in model.graph.output],
+        "op_types": op_type_counts(model.graph),
+        "domains": domains_used(model.graph),
+    }
+
+
+def describe_graphs(bundle: Path) -> dict[str, dict]:
+    """Every ``*.onnx`` of the bundle keyed by file stem; the three FP32 graphs must be there."""
+    missing = [f"{name}.onnx" for name in GRAPH_NAMES if not (bundle / f"{name}.onnx").is_file()]
+    if missing:
+        raise BundleError(
+            f"{bundle} lacks {', '.join(missing)}: run `granite-onnx export` (all graphs) again"
+        )
+    described = [describe_graph(path) for path in bundle.glob("*.onnx")]
+    return {Path(g["file"]).stem: g for g in sorted(described, key=graph_order)}
+
+
+def graph_order(graph: dict) -> tuple:
+    """FP32 first, then tiers by name; within a tier, pipeline order (encoder, prompt_encode, decode_step)."""
+    name, tier = graph["graph"], graph["tier"]
+    position = GRAPH_NAMES.index(name) if name in GRAPH_NAMES else len(GRAPH_NAMES)
+    return (tier != FP32, tier or "", position, graph["file"])
+
+
+def describe_files(bundle: Path, names) -> dict[str, dict]:
+    """Bytes and sha256 of the checkpoint files the export copied (tokenizer, processor, configs)."""
+    return {name: file_facts(bundle / name) for name in sorted(names) if (bundle / name).is_file()}
+
+
+# --- source, toolchain, tokens, prompt ---------------------------------------------------------------
+
+
+def snapshot_commit(folder: str | None, revision: str | None) -> str | None:
+    """The Hub commit a checkpoint came from, where it is known without a network.
+
+    A revision given as a 40-hex commit is one; a folder inside the Hugging Face cache
+    (``.../snapshots/<commit>``) names its commit in the path.
+    """
+    if revision and _COMMIT.fullmatch(revision):
+        return revision
+    if folder:
+        parts = Path(folder).parts
+        if len(parts) >= 2 and parts[-2] == "snapshots" and _COMMIT.fullmatch(parts[-1]):
+            return parts[-1]
+    return None
+
+
+def describe_source(source: dict, config_path: Path) -> dict:
+    folder, revision = source.get("path"), source.get("revision")
+    return {
+        "id": source.get("model_id"),
+        "folder": folder,
+        "revision": revision,
+        "commit": snapshot_commit(folder, revision),
+        "is_fixture": bool(source.get("is_fixture", False)),
+        "config_sha256": file_facts(config_path)["sha256"],
+    }
+
+
+def describe_toolchain(report: dict, path: Path) -> dict:
+    """Versions and exporter settings as the export stage recorded them (not this process's)."""
+    return {**_field(report, "toolchain", path), "exporter": dict(_field(report, "exporter", path))}
+
+
+def _first_set(key: str, *sources: dict):
+    return next((s[key] for s in sources if s.get(key) is not None), None)
+
+
+def token_ids(config: dict, generation: dict | None) -> dict:
+    """Audio placeholder id from config.json; bos/eos/pad from generation_config.json, else text_config."""
+    text = config.get("text_config", {})
+    gen = generation or {}
+    audio = config.get("audio_token_index")
+    return {
+        "audio": config.get("audio_token_id") if audio is None else audio,
+        "bos": _first_set("bos_token_id", gen, text),
+        "eos": _first_set("eos_token_id", gen, text),
+        "pad": _first_set("pad_token_id", gen, text),
+    }
+
+
+def describe_prompt(bundle: Path) -> dict:
+    """The instruction and the chat text the runtime builds from it (one audio placeholder)."""
+    builder = PromptBuilder(bundle)
+    try:
+        text = builder.render(DEFAULT_INSTRUCTION)
+    except jinja2.TemplateError as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise BundleError(f"the chat template of {bundle} does not render ({first}): export again") from exc
+    return {"instruction": DEFAULT_INSTRUCTION, "audio_placeholder": builder.audio_placeholder, "text": text}
+
+
+def export_checks(report: dict) -> dict:
+    """The export stage's own measurements: per-graph onnxruntime-vs-PyTorch error, time, memory."""
+    return {
+        "graphs": report.get("graphs", []),
+        "copied_files": report.get("copied_files", []),
+        "seconds": report.get("seconds"),
+        "peak_rss_mib": report.get("peak_rss_mib"),
+    }
+
+
+def read_quantisation(bundle: Path) -> dict[str, dict]:
+    """Every ``quantise_<tier>.json`` the quantise stage wrote, keyed by tier (empty when none)."""
+    return {
+        path.stem[len(QUANTISE_PREFIX) :]: read_json(path, "run `granite-onnx quantise` for that tier again")
+        for path in sorted(bundle.glob(f"{QUANTISE_PREFIX}*.json"))
+    }
+
+
+# --- the whole document ------------------------------------------------------------------------------
+
+
+def collect_metadata(bundle: Path) -> dict:
+    """The metadata document of ``bundle``; raises BundleError (one line) when a stage output is missing."""
+    bundle = Path(bundle)
+    if not bundle.is_dir():
+        raise BundleError(
+            f"bundle folder {bundle} does not exist: run `granite-onnx export --out-dir {bundle}` first"
+        )
+    report_path = bundle / EXPORT_REPORT
+    export = read_json(report_path, f"run `granite-onnx export --out-dir {bundle}` first")
+    config_path = bundle / "config.json"
+    config = read_json(config_path, "export again, it is copied from the checkpoint")
+    generation = read_optional_json(bundle / "generation_config.json", "export again")
+    parity = read_optional_json(bundle / PARITY_REPORT, f"run `granite-onnx parity --bundle {bundle}` again")
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "source_model": describe_source(_field(export, "source", report_path), config_path),
+        "toolchain": describe_toolchain(export, report_path),
+        "graphs": describe_graphs(bundle),
+        "files": describe_files(bundle, export.get("copied_files", [])),
+        "token_ids": token_ids(config, generation),
+        "prompt": describe_prompt(bundle),
+        "export": export_checks(export),
+        "quantisation": read_quantisation(bundle),
+        "parity": parity,
+    }

@@ -1,0 +1,269 @@
+"""The parity harness: every tier of a bundle against transformers' PyTorch model on real clips.
+
+Per tier, a numeric block on one reference clip (encoder error, prompt logits and KV error,
+decode_step under teacher forcing) and, over every clip, free-running greedy transcripts compared
+with PyTorch's (byte-exact, WER, edit distance, first divergent step). Gates turn that into a verdict:
+FP32 must be byte-exact on every clip; each quantised tier's corpus WER against PyTorch must stay
+under a limit. Both sides receive identical features from the numpy front-end.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import jiwer
+import numpy as np
+
+from ..checkpoint import CheckpointSource, load_reference_model
+from ..runtime.audio import load_audio
+from ..runtime.bundle import available_tiers
+from ..runtime.features import audio_token_count, log_mel
+from ..runtime.pipeline import SpeechPipeline
+from . import reference
+from .clips import Clip, load_clips
+from .metrics import NORMALISATION, ErrorStats, char_distance, first_divergence, normalise, top2_margins, wer
+from .report import (
+    FP32,
+    ClipParity,
+    Gate,
+    ParityReport,
+    SingleClipBlock,
+    TeacherForcing,
+    TierTranscript,
+)
+
+
+@dataclass(frozen=True)
+class ParityOptions:
+    tiers: tuple[str, ...] = ()  # empty: every tier found in the bundle
+    reference_clip: str | None = None  # default: the manifest's first clip
+    max_new_tokens: int = 200
+    wer_limit: float = 0.02  # corpus WER vs PyTorch allowed for quantised tiers
+    jobs: int = 1
+    threads: int | None = None
+
+
+def tier_label(tier: str | None) -> str:
+    return tier or FP32
+
+
+def _tier_arg(label: str) -> str | None:
+    return None if label == FP32 else label
+
+
+class _Context:
+    """What a worker holds: the reference model, one pipeline per tier, the clip's features."""
+
+    def __init__(self, bundle: Path, checkpoint: Path, tiers: tuple[str, ...], max_new_tokens: int, threads):
+        self.model = load_reference_model(checkpoint)
+        self.pipelines = {t: SpeechPipeline(bundle, tier=_tier_arg(t), threads=threads) for t in tiers}
+        self.max_new_tokens = max_new_tokens
+        self.fp32 = self.pipelines.get(FP32) or next(iter(self.pipelines.values()))
+
+    def features(self, clip: Clip) -> tuple[np.ndarray, np.ndarray]:
+        """[1, frames, 160] features and the prompt ids holding one audio token per expected embedding.
+
+        The audio token count comes from the feature extractor's formula, not from the ONNX encoder,
+        so a wrong encoder cannot make its own prompt.
+        """
+        cfg = self.fp32.bundle.features
+        audio = load_audio(clip.path, cfg.sampling_rate)
+        return log_mel(audio, cfg)[None], self.fp32.prompt_ids(audio_token_count(len(audio), cfg))
+
+    def budget(self, prompt_len: int) -> int:
+        return max(1, min(self.max_new_tokens, self.fp32.bundle.dims.max_positions - prompt_len))
+
+
+def single_clip_block(ctx: _Context, tier: str, clip: Clip) -> SingleClipBlock:
+    try:
+        return _numeric_block(ctx, tier, clip)
+    except Exception as exc:  # a graph that cannot run or has the wrong shape is a finding, not a crash
+        return SingleClipBlock(tier, clip.name, None, None, False, None, None, False, error=_describe(exc))
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"
+
+
+def _numeric_block(ctx: _Context, tier: str, clip: Clip) -> SingleClipBlock:
+    pipe = ctx.pipelines[tier]
+    features, ids = ctx.features(clip)
+    want_embeds = reference.audio_embeds(ctx.model, features)
+    embeds = pipe.audio_embeds(features)
+    want_logits, want_kv = reference.prompt_outputs(ctx.model, ids, features)
+    logits, kv = pipe.prompt(ids, embeds)
+    ref = reference.greedy(ctx.model, ids, features, ctx.budget(ids.shape[1]))
+
+    targets = ref.step_logits.argmax(-1)
+    margins = top2_margins(ref.step_logits)
+    mismatch_steps, step_logits, cache = [], logits, kv
+    for step, target in enumerate(targets):
+        if int(np.argmax(step_logits[0])) != int(target):
+            mismatch_steps.append(step)
+        if step + 1 < len(targets):
+            step_logits, cache = pipe.step(np.array([[target]], np.int64), cache)
+    free = pipe.generate(ids, embeds, ctx.budget(ids.shape[1]))
+    return SingleClipBlock(
+        tier=tier,
+        clip=clip.name,
+        encoder=ErrorStats.of(embeds, want_embeds),
+        prompt_logits_max_abs=ErrorStats.of(logits, want_logits).max_abs,
+        prompt_argmax_agrees=bool(np.array_equal(logits.argmax(-1), want_logits.argmax(-1))),
+        kv_max_abs=max(ErrorStats.of(g, w).max_abs for g, w in zip(kv, want_kv, strict=True)),
+        decode=TeacherForcing(
+            steps=len(targets),
+            mismatches=len(mismatch_steps),
+            mismatch_steps=tuple(mismatch_steps),
+            mismatch_margins=tuple(float(margins[s]) for s in mismatch_steps),
+        ),
+        transcript_match=free.token_ids == ref.token_ids,
+    )
+
+
+def clip_parity(ctx: _Context, clip: Clip) -> ClipParity:
+    features, ids = ctx.features(clip)
+    prompts = ctx.fp32.prompts
+    ref = reference.greedy(ctx.model, ids, features, ctx.budget(ids.shape[1]))
+    pytorch_text = prompts.decode(list(ref.token_ids))
+    runs: dict[str, tuple[str, tuple[int, ...], str | None]] = {}
+    for tier, pipe in ctx.pipelines.items():
+        try:
+            out = pipe.generate(ids, pipe.audio_embeds(features), ctx.budget(ids.shape[1]))
+            runs[tier] = (prompts.decode(list(out.token_ids)), out.token_ids, None)
+        except Exception as exc:  # a broken graph is a parity failure to report, not a crash
+            runs[tier] = ("", (), _describe(exc))
+    fp32_text = runs.get(FP32, (pytorch_text,))[0]
+    tiers = tuple(
+        TierTranscript(
+            tier=tier,
+            text=text,
+            byte_exact=error is None and text == pytorch_text,
+            wer_vs_pytorch=wer(pytorch_text, text) if error is None else 1.0,
+            wer_vs_reference=wer(clip.reference, text) if clip.reference and error is None else None,
+            levenshtein_vs_fp32=char_distance(fp32_text, text),
+            first_divergent_step=first_divergence(tokens, ref.token_ids) if error is None else 0,
+            tokens=len(tokens),
+            error=error,
+        )
+        for tier, (text, tokens, error) in runs.items()
+    )
+    audio_seconds = (
+        features.shape[1] * 2 * ctx.fp32.bundle.features.hop_length / ctx.fp32.bundle.features.sampling_rate
+    )
+    return ClipParity(
+        clip=clip.name,
+        duration_s=round(audio_seconds, 2),
+        reference_text=clip.reference,
+        pytorch_text=pytorch_text,
+        pytorch_wer_vs_reference=wer(clip.reference, pytorch_text) if clip.reference else None,
+        tiers=tiers,
+    )
+
+
+def corpus_wer(clips: tuple[ClipParity, ...], tier: str) -> float:
+    """Corpus WER of a tier against PyTorch (all clips' words pooled), on normalised text."""
+    pairs = [(normalise(c.pytorch_text), normalise(t.text)) for c in clips for t in c.tiers if t.tier == tier]
+    pairs = [(r, h) for r, h in pairs if r] or [("", "")]
+    if pairs == [("", "")]:
+        return 0.0
+    return float(jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]))
+
+
+def gates(
+    clips: tuple[ClipParity, ...], blocks: tuple[SingleClipBlock, ...], tiers, wer_limit
+) -> tuple[Gate, ...]:
+    out = []
+    if FP32 in tiers:
+        bad = [c.clip for c in clips for t in c.tiers if t.tier == FP32 and not t.byte_exact]
+        out.append(
+            Gate("fp32_byte_exact", not bad, "all clips byte-exact" if not bad else f"differs on {bad}")
+        )
+    for block in blocks:
+        if block.error:
+            out.append(Gate(f"{block.tier}_numeric_block", False, f"{block.clip}: {block.error}"))
+    for tier in tiers:
+        broken = [c.clip for c in clips for t in c.tiers if t.tier == tier and t.error]
+        if broken:
+            out.append(Gate(f"{tier}_runs", False, f"failed to run on {broken}"))
+        if tier != FP32:
+            value = corpus_wer(clips, tier)
+            out.append(
+                Gate(
+                    f"{tier}_wer_vs_pytorch",
+                    value <= wer_limit,
+                    f"corpus WER {value:.2%} (limit {wer_limit:.2%})",
+                )
+            )
+    return tuple(out)
+
+
+_WORKER: _Context | None = None
+
+
+def _init_worker(*args) -> None:
+    global _WORKER
+    _WORKER = _Context(*args)
+
+
+def _run_clip(clip: Clip) -> ClipParity:
+    return clip_parity(_WORKER, clip)
+
+
+def run_parity(
+    bundle: Path,
+    checkpoint: CheckpointSource,
+    clips_dir: Path,
+    options: ParityOptions = ParityOptions(),
+    progress: Callable[[int, int, str], None] | None = None,
+) -> ParityReport:
+    """Measure every requested tier of ``bundle`` against the checkpoint's PyTorch model."""
+    clips = load_clips(clips_dir)
+    ref_clip = (
+        next((c for c in clips if c.name == options.reference_clip), None)
+        if options.reference_clip
+        else clips[0]
+    )
+    if ref_clip is None:
+        from ..errors import GraniteOnnxError
+
+        raise GraniteOnnxError(f"--reference {options.reference_clip} is not among the clips in {clips_dir}")
+    tiers = options.tiers or tuple(tier_label(t) for t in available_tiers(bundle))
+    args = (Path(bundle), checkpoint.path, tuple(tiers), options.max_new_tokens, options.threads)
+    ctx = _Context(*args)
+    tick = progress or (lambda done, total, what: None)
+    blocks = tuple(single_clip_block(ctx, tier, ref_clip) for tier in tiers)
+    tick(0, len(clips), "numeric block done")
+    if options.jobs > 1:
+        spawn = multiprocessing.get_context("spawn")  # forked torch threads can hang
+        with cf.ProcessPoolExecutor(
+            options.jobs, mp_context=spawn, initializer=_init_worker, initargs=args
+        ) as pool:
+            results = []
+            for i, result in enumerate(pool.map(_run_clip, clips), 1):
+                results.append(result)
+                tick(i, len(clips), result.clip)
+    else:
+        results = []
+        for i, clip in enumerate(clips, 1):
+            results.append(clip_parity(ctx, clip))
+            tick(i, len(clips), clip.name)
+    multi = tuple(results)
+    return ParityReport(
+        model={
+            "path": str(checkpoint.path),
+            "model_id": checkpoint.model_id,
+            "revision": checkpoint.revision,
+        },
+        tiers=tuple(tiers),
+        normalisation=NORMALISATION,
+        max_new_tokens=options.max_new_tokens,
+        wer_limit=options.wer_limit,
+        single_clip=blocks,
+        multi_clip_parity=multi,
+        gates=gates(multi, blocks, tiers, options.wer_limit),
+    )

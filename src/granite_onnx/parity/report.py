@@ -1,0 +1,94 @@
+"""The parity stage's result: plain frozen dataclasses, written as ``parity_report.json``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .metrics import ErrorStats
+
+REPORT_FILE = "parity_report.json"
+SCHEMA_VERSION = 1
+FP32 = "fp32"
+
+
+@dataclass(frozen=True)
+class TeacherForcing:
+    """decode_step fed the PyTorch tokens: where its argmax disagrees, and how close that step was."""
+
+    steps: int
+    mismatches: int
+    mismatch_steps: tuple[int, ...]
+    mismatch_margins: tuple[float, ...]  # PyTorch top-1 minus top-2 logit at each mismatching step
+
+
+@dataclass(frozen=True)
+class SingleClipBlock:
+    tier: str
+    clip: str
+    encoder: ErrorStats | None  # None (like every number here) when the tier could not run: see error
+    prompt_logits_max_abs: float | None
+    prompt_argmax_agrees: bool
+    kv_max_abs: float | None
+    decode: TeacherForcing | None
+    transcript_match: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class TierTranscript:
+    tier: str
+    text: str
+    byte_exact: bool
+    wer_vs_pytorch: float
+    wer_vs_reference: float | None
+    levenshtein_vs_fp32: int
+    first_divergent_step: int | None
+    tokens: int
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ClipParity:
+    clip: str
+    duration_s: float
+    reference_text: str | None
+    pytorch_text: str
+    pytorch_wer_vs_reference: float | None
+    tiers: tuple[TierTranscript, ...]
+
+
+@dataclass(frozen=True)
+class Gate:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    model: dict
+    tiers: tuple[str, ...]
+    normalisation: str
+    max_new_tokens: int
+    wer_limit: float
+    single_clip: tuple[SingleClipBlock, ...]
+    multi_clip_parity: tuple[ClipParity, ...]
+    gates: tuple[Gate, ...]
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+    def failed_gates(self) -> list[Gate]:
+        return [g for g in self.gates if not g.passed]
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+    def write(self, folder: Path) -> Path:
+        from ..staging import write_text_atomic
+
+        return write_text_atomic(Path(folder) / REPORT_FILE, json.dumps(self.to_json(), indent=2) + "\n")

@@ -1,0 +1,42 @@
+"""Plain-text tables of a parity report for the terminal (the model card renders its own)."""
+
+from __future__ import annotations
+
+from .report import ParityReport
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def summary_lines(report: ParityReport) -> list[str]:
+    lines = ["numeric block (reference clip):"]
+    lines.append(
+        f"  {'tier':8s} {'enc max':>9s} {'enc p99':>9s} {'logit max':>9s} {'argmax':>6s} "
+        f"{'kv max':>9s} {'tf mism.':>9s} transcript"
+    )
+    for b in report.single_clip:
+        if b.error:
+            lines.append(f"  {b.tier:8s} ERROR {b.error}")
+            continue
+        lines.append(
+            f"  {b.tier:8s} {b.encoder.max_abs:9.2e} {b.encoder.p99_abs:9.2e} {b.prompt_logits_max_abs:9.2e} "
+            f"{'ok' if b.prompt_argmax_agrees else 'DIFF':>6s} {b.kv_max_abs:9.2e} "
+            f"{f'{b.decode.mismatches}/{b.decode.steps}':>9s} {'match' if b.transcript_match else 'DIFFERS'}"
+        )
+    lines.append("transcripts (WER vs PyTorch / vs human reference, edit distance vs fp32):")
+    for c in report.multi_clip_parity:
+        lines.append(
+            f"  {c.clip} ({c.duration_s:.1f} s) pytorch vs reference {_pct(c.pytorch_wer_vs_reference)}"
+        )
+        for t in c.tiers:
+            state = "byte-exact" if t.byte_exact else f"first divergence at step {t.first_divergent_step}"
+            if t.error:
+                state = f"ERROR {t.error}"
+            lines.append(
+                f"    {t.tier:8s} {_pct(t.wer_vs_pytorch):>7s} {_pct(t.wer_vs_reference):>7s} "
+                f"{t.levenshtein_vs_fp32:5d}  {state}"
+            )
+    lines.append("gates:")
+    lines += [f"  {'PASS' if g.passed else 'FAIL'} {g.name}: {g.detail}" for g in report.gates]
+    return lines

@@ -1,0 +1,82 @@
+"""A committed expectation for the tiny model: what ``make regenerate`` must reproduce exactly.
+
+It holds the sha256 of every artefact (graphs, sidecars, processor files) and the parity results
+that are not floating-point noise (transcripts, byte-exact flags, gate verdicts), plus the toolchain
+that produced them, so a failure can say whether the toolchain moved or the code did.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import BundleError
+from ..parity.report import REPORT_FILE
+from .checksums import sha256_file
+
+ARTEFACT_SUFFIXES = (".onnx", ".onnx_data")
+ARTEFACT_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "processor_config.json",
+    "preprocessor_config.json",
+    "config.json",
+    "generation_config.json",
+)
+
+
+def snapshot(bundle: Path) -> dict:
+    """The reproducible facts of a bundle that has been through export and parity."""
+    bundle = Path(bundle)
+    names = sorted(
+        p.name for p in bundle.iterdir() if p.suffix in ARTEFACT_SUFFIXES or p.name in ARTEFACT_FILES
+    )
+    parity_path = bundle / REPORT_FILE
+    if not parity_path.is_file():
+        raise BundleError(f"{parity_path} is missing: run `granite-onnx parity` before comparing")
+    parity = json.loads(parity_path.read_text())
+    export = json.loads((bundle / "export_report.json").read_text())
+    return {
+        "toolchain": export["toolchain"],
+        "sha256": {name: sha256_file(bundle / name) for name in names},
+        "parity": {
+            "gates": {g["name"]: g["passed"] for g in parity["gates"]},
+            "clips": {
+                c["clip"]: {
+                    "pytorch": c["pytorch_text"],
+                    **{t["tier"]: [t["text"], t["byte_exact"]] for t in c["tiers"]},
+                }
+                for c in parity["multi_clip_parity"]
+            },
+        },
+    }
+
+
+def toolchain_changes(actual: dict, expected: dict) -> list[str]:
+    """Tools whose version moved: not a failure by itself, but the first thing to read when one follows."""
+    tools = sorted(set(actual["toolchain"]) | set(expected["toolchain"]))
+    return [
+        f"toolchain {t}: expected {expected['toolchain'].get(t)}, got {actual['toolchain'].get(t)}"
+        for t in tools
+        if actual["toolchain"].get(t) != expected["toolchain"].get(t)
+    ]
+
+
+def differences(actual: dict, expected: dict) -> list[str]:
+    """Artefact digests and parity results that differ (each one fails ``make regenerate``)."""
+    out = []
+    files = sorted(set(actual["sha256"]) | set(expected["sha256"]))
+    out += [
+        f"{f}: sha256 expected {str(expected['sha256'].get(f))[:12]}, got {str(actual['sha256'].get(f))[:12]}"
+        for f in files
+        if actual["sha256"].get(f) != expected["sha256"].get(f)
+    ]
+    for key in ("gates", "clips"):
+        a, e = actual["parity"][key], expected["parity"][key]
+        out += [
+            f"parity {key} {k}: expected {e.get(k)!r}, got {a.get(k)!r}"
+            for k in sorted(set(a) | set(e))
+            if a.get(k) != e.get(k)
+        ]
+    return out

@@ -1,0 +1,30 @@
+"""Exact versions of every tool an artefact depends on, recorded when the artefact is made."""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+
+from . import __version__
+
+PACKAGES = (
+    "torch",
+    "transformers",
+    "onnx",
+    "onnxruntime",
+    "numpy",
+    "tokenizers",
+    "huggingface-hub",
+    "safetensors",
+)
+
+
+def versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    """Installed versions by distribution name (None when absent), plus python and this package."""
+    found: dict[str, str | None] = {"python": platform.python_version(), "granite-onnx": __version__}
+    for name in packages:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found

@@ -1,0 +1,353 @@
+"""The metadata stage: granite_export_metadata.json follows its schema and the files; the card follows it.
+
+The bundle is the session's tiny export, copied (the fixture is read-only) and measured once by the
+parity harness with a short token budget, so the parity blocks hold real numbers and transcripts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import math
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import onnx
+import pytest
+from conftest import CLIPS
+
+from granite_onnx.errors import BundleError
+from granite_onnx.metadata import (
+    CARD_FILE,
+    METADATA_FILE,
+    collect_metadata,
+    load_schema,
+    render_card,
+    validate_metadata,
+    write_metadata,
+)
+from granite_onnx.parity.report import REPORT_FILE as PARITY_FILE
+from granite_onnx.specs import GRAPH_NAMES, ModelDims, graph_specs
+
+TOP_LEVEL = {
+    "schema_version",
+    "source_model",
+    "toolchain",
+    "graphs",
+    "files",
+    "token_ids",
+    "prompt",
+    "export",
+    "quantisation",
+    "parity",
+}
+HUB_ID = "ibm-granite/granite-speech-4.1-2b"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def measured_bundle(tiny_bundle, tiny_ckpt, tmp_path_factory) -> Path:
+    """A copy of the tiny bundle with a parity report (16 new tokens per clip keeps it to seconds)."""
+    from granite_onnx.checkpoint import CheckpointSource
+    from granite_onnx.parity.harness import ParityOptions, run_parity
+
+    bundle = tmp_path_factory.mktemp("metadata") / "tiny"
+    shutil.copytree(tiny_bundle, bundle)
+    run_parity(bundle, CheckpointSource(tiny_ckpt), CLIPS, ParityOptions(max_new_tokens=16)).write(bundle)
+    write_metadata(bundle)
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def metadata(measured_bundle) -> dict:
+    return json.loads((measured_bundle / METADATA_FILE).read_text())
+
+
+@pytest.fixture(scope="module")
+def card(measured_bundle) -> str:
+    return (measured_bundle / CARD_FILE).read_text(encoding="utf-8")
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle, tmp_path) -> Path:
+    """A writable copy of the exported bundle, without a parity report."""
+    return Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+
+
+# --- schema ------------------------------------------------------------------------------------------
+
+
+def test_metadata_validates_against_the_schema(metadata):
+    from jsonschema import Draft202012Validator
+
+    Draft202012Validator.check_schema(load_schema())
+    Draft202012Validator(load_schema()).validate(metadata)  # the schema file itself, not only our wrapper
+    validate_metadata(metadata)
+    assert set(metadata) == TOP_LEVEL
+    assert metadata["schema_version"] == 1
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ("toolchain", "onnxruntime"),
+        ("toolchain", "exporter", "opset"),
+        ("graphs", "encoder", "sha256"),
+        ("graphs", "decode_step", "sidecar", "sha256"),
+        ("graphs", "prompt_encode", "outputs", 0, "shape"),
+        ("parity", "gates"),
+        ("parity", "multi_clip_parity", 0, "tiers", 0, "text"),
+        ("parity", "single_clip", 0, "encoder", "max_abs"),
+        ("source_model", "config_sha256"),
+        ("token_ids", "audio"),
+        ("schema_version",),
+    ],
+    ids=lambda p: ".".join(map(str, p)),
+)
+def test_schema_rejects_a_missing_required_field(metadata, path):
+    doc = copy.deepcopy(metadata)
+    parent = doc
+    for key in path[:-1]:
+        parent = parent[key]
+    del parent[path[-1]]
+    with pytest.raises(BundleError) as info:
+        validate_metadata(doc)
+    message = str(info.value)
+    assert "\n" not in message
+    assert ".".join(map(str, path)) in message
+
+
+@pytest.mark.parametrize(
+    "path, value",
+    [
+        (("graphs", "encoder", "bytes"), "113998"),
+        (("graphs", "encoder", "sha256"), "not-a-digest"),
+        (("toolchain", "exporter", "dynamo"), "false"),
+        (("schema_version",), 2),
+    ],
+)
+def test_schema_rejects_a_wrong_type(metadata, path, value):
+    doc = copy.deepcopy(metadata)
+    parent = doc
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = value
+    with pytest.raises(BundleError, match=re.escape(".".join(path))):
+        validate_metadata(doc)
+
+
+# --- facts read from the files -----------------------------------------------------------------------
+
+
+def test_bytes_and_sha256_are_the_files(measured_bundle, metadata):
+    graphs = metadata["graphs"]
+    assert set(graphs) == {p.stem for p in measured_bundle.glob("*.onnx")}
+    for entry in graphs.values():
+        path = measured_bundle / entry["file"]
+        assert entry["bytes"] == path.stat().st_size
+        assert entry["sha256"] == sha256(path)
+        sidecar = measured_bundle / entry["sidecar"]["file"]
+        assert entry["sidecar"]["file"] == f"{path.stem}.onnx_data"
+        assert entry["sidecar"]["bytes"] == sidecar.stat().st_size
+        assert entry["sidecar"]["sha256"] == sha256(sidecar)
+    for name, facts in metadata["files"].items():
+        assert facts == {
+            "bytes": (measured_bundle / name).stat().st_size,
+            "sha256": sha256(measured_bundle / name),
+        }
+    assert "tokenizer.json" in metadata["files"]
+
+
+def test_source_config_sha256_is_the_checkpoints(metadata, tiny_ckpt):
+    source = metadata["source_model"]
+    assert source["config_sha256"] == sha256(tiny_ckpt / "config.json")
+    assert source["id"] is None and source["folder"] == str(tiny_ckpt)
+    assert source["revision"] is None and source["commit"] is None
+
+
+def test_graph_io_ops_and_domains_follow_the_files_and_the_spec(measured_bundle, metadata):
+    specs = graph_specs(ModelDims.from_file(measured_bundle / "config.json"))
+    for name in GRAPH_NAMES:
+        entry = metadata["graphs"][name]
+        assert {"inputs": entry["inputs"], "outputs": entry["outputs"]} == specs[name].to_json()
+        model = onnx.load(str(measured_bundle / f"{name}.onnx"), load_external_data=False)
+        assert entry["op_types"] == dict(Counter(n.op_type for n in model.graph.node))
+        assert entry["domains"] == ["ai.onnx"]
+        assert entry["opset_imports"] == {"ai.onnx": 20} and entry["ir_version"] == 10
+        assert (entry["graph"], entry["tier"]) == (name, "fp32")
+
+
+def test_toolchain_tokens_and_prompt(measured_bundle, metadata):
+    report = json.loads((measured_bundle / "export_report.json").read_text())
+    toolchain = metadata["toolchain"]
+    assert {k: v for k, v in toolchain.items() if k != "exporter"} == report["toolchain"]
+    assert toolchain["exporter"]["dynamo"] is False and toolchain["exporter"]["opset"] == 20
+    config = json.loads((measured_bundle / "config.json").read_text())
+    generation = json.loads((measured_bundle / "generation_config.json").read_text())
+    assert metadata["token_ids"] == {
+        "audio": config["audio_token_index"],
+        "bos": generation["bos_token_id"],
+        "eos": generation["eos_token_id"],
+        "pad": generation["pad_token_id"],
+    }
+    prompt = metadata["prompt"]
+    assert prompt["text"].count(prompt["audio_placeholder"]) == 1
+    assert prompt["instruction"] in prompt["text"]
+    assert metadata["quantisation"] == {}
+
+
+def test_parity_and_transcripts_are_copied_from_the_parity_report(measured_bundle, metadata):
+    report = json.loads((measured_bundle / PARITY_FILE).read_text())
+    assert metadata["parity"] == report
+    texts = [
+        (c["clip"], t["tier"], t["text"]) for c in metadata["parity"]["multi_clip_parity"] for t in c["tiers"]
+    ]
+    assert texts == [
+        (c["clip"], t["tier"], t["text"]) for c in report["multi_clip_parity"] for t in c["tiers"]
+    ]
+    assert len(texts) == len(list(CLIPS.glob("*.flac")))
+    assert [(c["clip"], c["pytorch_text"]) for c in metadata["parity"]["multi_clip_parity"]] == [
+        (c["clip"], c["pytorch_text"]) for c in report["multi_clip_parity"]
+    ]
+    assert metadata["parity"]["gates"] == report["gates"]
+
+
+def test_quantise_reports_are_included_by_tier(bundle_copy):
+    summary = {"op_types": {"MatMulInteger": 12}, "bytes_before": 1000, "bytes_after": 300}
+    (bundle_copy / "quantise_int8.json").write_text(json.dumps(summary))
+    doc = collect_metadata(bundle_copy)
+    assert doc["quantisation"] == {"int8": summary}
+    validate_metadata(doc)
+    assert "## Quantisation" in render_card(doc) and "MatMulInteger" in render_card(doc)
+
+
+def test_written_metadata_is_deterministic(measured_bundle, metadata):
+    first = (measured_bundle / METADATA_FILE).read_bytes()
+    write_metadata(measured_bundle)
+    assert (measured_bundle / METADATA_FILE).read_bytes() == first
+    assert json.loads(first) == collect_metadata(measured_bundle)
+
+
+# --- the card ----------------------------------------------------------------------------------------
+
+
+def front_matter(card: str) -> dict:
+    yaml = pytest.importorskip("yaml")
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n", 2)[1])
+
+
+def test_card_is_rendered_from_the_metadata(metadata, card):
+    assert card == render_card(metadata)
+
+
+def test_card_yaml_header(metadata, card):
+    header = front_matter(card)
+    assert header["license"] == "apache-2.0"
+    assert header["pipeline_tag"] == "automatic-speech-recognition"
+    assert header["library_name"] == "onnx"
+    assert {"onnx", "speech", "granite", "asr"} <= set(header["tags"])
+    assert "base_model" not in header  # the tests' checkpoint is a local folder, not a Hub model
+
+    hub = copy.deepcopy(metadata)
+    hub["source_model"].update(id=HUB_ID, is_fixture=False, revision="main")
+    hub_card = render_card(hub)
+    assert front_matter(hub_card)["base_model"] == HUB_ID
+    assert f"--model {HUB_ID} --revision main" in hub_card
+
+
+def parity_section(card: str) -> str:
+    start = card.index("## Parity with PyTorch")
+    return card[start : card.index("\n## ", start + 1)]
+
+
+def numeric_cells(section: str) -> list[float]:
+    """Every table cell of the section that is a number (``12``, ``2.15e-06``, ``3.5%``, ``0/16``)."""
+    values = []
+    for line in section.splitlines():
+        if not line.startswith("| ") or set(line) <= set("|-"):
+            continue
+        for raw in line.strip("|").split(" | "):
+            text = raw.strip()
+            for part in text.split("/") if re.fullmatch(r"\d+/\d+", text) else [text]:
+                scale = 100 if part.endswith("%") else 1
+                with contextlib.suppress(ValueError):
+                    values.append(float(part.rstrip("%")) / scale)
+    return values
+
+
+def numbers_in(value) -> list[float]:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return []
+    if isinstance(value, int | float):
+        return [float(value)]
+    items = value.values() if isinstance(value, dict) else value
+    return [n for item in items for n in numbers_in(item)]
+
+
+def test_every_number_in_the_parity_tables_is_in_the_metadata(metadata, card):
+    known = numbers_in(metadata["parity"])
+    shown = numeric_cells(parity_section(card))
+    assert len(shown) >= 5 * 5  # the numeric block and five clips' rows were parsed, not skipped
+    for value in shown:
+        assert any(math.isclose(value, k, rel_tol=6e-3, abs_tol=1e-12) for k in known), value
+    first = metadata["parity"]["single_clip"][0]
+    assert f"{first['encoder']['max_abs']:.3g}" in card
+    assert f"{first['decode']['mismatches']}/{first['decode']['steps']}" in card
+
+
+def test_card_sections_and_transcripts(metadata, card):
+    for heading in (
+        "## Files",
+        "## Graph contract",
+        "## Parity with PyTorch",
+        "## Toolchain",
+        "## Reproduce",
+    ):
+        assert heading in card
+    assert "## Licence" in card and "Apache" in card
+    assert "granite-onnx export" in card and "granite-onnx metadata --bundle" in card and "make all" in card
+    for graph in metadata["graphs"].values():
+        assert graph["sha256"][:12] in card and str(graph["bytes"]) in card
+    for clip in metadata["parity"]["multi_clip_parity"]:
+        assert clip["clip"] in card
+    assert not re.search(r"[\x00-\x08\x0b-\x1f]", card)  # control characters in transcripts are escaped
+
+
+def test_card_without_parity_says_not_measured(bundle_copy):
+    assert not (bundle_copy / PARITY_FILE).exists()
+    write_metadata(bundle_copy)
+    doc = json.loads((bundle_copy / METADATA_FILE).read_text())
+    assert doc["parity"] is None
+    card = (bundle_copy / CARD_FILE).read_text(encoding="utf-8")
+    section = parity_section(card)
+    assert "not measured" in section
+    assert numeric_cells(section) == [] and "WER" not in section
+
+
+def test_forced_publication_is_stated_on_the_card(metadata):
+    forced = copy.deepcopy(metadata)
+    forced["publication"] = {"forced": True, "failed_gates": ["fp32_byte_exact"]}
+    assert "`fp32_byte_exact`" in render_card(forced) and "--force" in render_card(forced)
+    assert "Warning" not in render_card(metadata)
+
+
+def test_missing_export_report_is_a_one_line_bundle_error(bundle_copy):
+    (bundle_copy / "export_report.json").unlink()
+    with pytest.raises(BundleError) as info:
+        write_metadata(bundle_copy)
+    message = str(info.value)
+    assert "\n" not in message and "export_report.json" in message and "granite-onnx export" in message
+    assert not (bundle_copy / METADATA_FILE).exists() and not (bundle_copy / CARD_FILE).exists()
+
+
+def test_missing_bundle_folder_is_a_bundle_error(tmp_path):
+    with pytest.raises(BundleError, match="does not exist"):
+        collect_metadata(tmp_path / "nowhere")
