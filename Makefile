@@ -11,7 +11,7 @@ BUNDLE ?= out/$(MODEL)
 CLIP ?= clips/jfk.flac
 SOURCE := $(if $(MODEL_DIR),--model-dir $(MODEL_DIR),--model $(MODEL))
 
-.PHONY: all setup export parity metadata transcribe bundle publish regenerate expected test lint bench clean
+.PHONY: all setup export parity metadata transcribe bundle publish regenerate expected test lint bench bench-export-full clean
 
 all: export parity metadata transcribe
 
@@ -60,7 +60,12 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 bench: setup
-	$(PY) bench/run.py --bundle $(BUNDLE)
+	$(PY) bench/runtime.py --bundle $(BUNDLE) $(SOURCE)
+
+# Full-size (2.3 B, random weights) export of each graph: ~10 min and ~17.3 GiB peak RSS on 2 cores.
+FULL_CONFIG ?= ../shared/configs/granite-speech-4.1-2b.json
+bench-export-full: setup
+	$(PY) bench/export_full.py --config $(FULL_CONFIG) --work /tmp/granite-full
 
 clean:
 	rm -rf out .pytest_cache
