@@ -57,3 +57,22 @@ def clip_manifest() -> list[dict]:
     import json
 
     return json.loads((CLIPS / "manifest.json").read_text())["clips"]
+
+
+@pytest.fixture(scope="session")
+def measured_bundle(tiny_bundle: Path, tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny bundle with parity (16 new tokens per clip keeps it to seconds) and metadata.
+
+    Read-only for tests: copy it before changing anything.
+    """
+    import shutil
+
+    from granite_onnx.checkpoint import CheckpointSource
+    from granite_onnx.metadata.stage import write_metadata
+    from granite_onnx.parity.harness import ParityOptions, run_parity
+
+    bundle = tmp_path_factory.mktemp("measured") / "tiny"
+    shutil.copytree(tiny_bundle, bundle)
+    run_parity(bundle, CheckpointSource(tiny_ckpt), CLIPS, ParityOptions(max_new_tokens=16)).write(bundle)
+    write_metadata(bundle)
+    return bundle

@@ -53,19 +53,6 @@ def sha256(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def measured_bundle(tiny_bundle, tiny_ckpt, tmp_path_factory) -> Path:
-    """A copy of the tiny bundle with a parity report (16 new tokens per clip keeps it to seconds)."""
-    from granite_onnx.checkpoint import CheckpointSource
-    from granite_onnx.parity.harness import ParityOptions, run_parity
-
-    bundle = tmp_path_factory.mktemp("metadata") / "tiny"
-    shutil.copytree(tiny_bundle, bundle)
-    run_parity(bundle, CheckpointSource(tiny_ckpt), CLIPS, ParityOptions(max_new_tokens=16)).write(bundle)
-    write_metadata(bundle)
-    return bundle
-
-
-@pytest.fixture(scope="module")
 def metadata(measured_bundle) -> dict:
     return json.loads((measured_bundle / METADATA_FILE).read_text())
 

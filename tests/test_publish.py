@@ -7,13 +7,11 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
-from conftest import CLIPS
 
 from granite_onnx.checkpoint import CheckpointSource
 from granite_onnx.cli import cli
 from granite_onnx.errors import BundleError
 from granite_onnx.metadata.stage import write_metadata
-from granite_onnx.parity.harness import ParityOptions, run_parity
 from granite_onnx.publish.assemble import GateRefusal, assemble
 from granite_onnx.publish.checksums import verify_manifest
 from granite_onnx.publish.hub import publish
@@ -24,13 +22,8 @@ def run(*args: str):
 
 
 @pytest.fixture(scope="module")
-def measured(tiny_bundle, tiny_ckpt, tmp_path_factory):
-    """A copy of the tiny bundle with parity and metadata written."""
-    bundle = tmp_path_factory.mktemp("measured") / "bundle"
-    shutil.copytree(tiny_bundle, bundle)
-    run_parity(bundle, CheckpointSource(tiny_ckpt), CLIPS, ParityOptions(max_new_tokens=8)).write(bundle)
-    write_metadata(bundle)
-    return bundle
+def measured(measured_bundle):
+    return measured_bundle
 
 
 @pytest.fixture(scope="module")

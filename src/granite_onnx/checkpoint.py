@@ -37,6 +37,8 @@ PROCESSOR_FILES = (
     "special_tokens_map.json",
     "preprocessor_config.json",
 )
+# What a bundle carries from its checkpoint: the processor files plus the configs the runtime reads.
+BUNDLE_CHECKPOINT_FILES = (*PROCESSOR_FILES, "config.json", "generation_config.json")
 WEIGHT_PATTERNS = (
     "*.safetensors",
     "pytorch_model*.bin",
@@ -223,8 +225,8 @@ def _check_audio_token(config: dict[str, Any], config_path: Path, tokenizer_path
         )
 
 
-def copy_processor_files(src: Path, dst: Path) -> list[str]:
-    """Copy the tokenizer / processor files present in ``src`` into ``dst`` (0644); return their names.
+def copy_processor_files(src: Path, dst: Path, names: tuple[str, ...] = PROCESSOR_FILES) -> list[str]:
+    """Copy the tokenizer / processor files (or ``names``) present in ``src`` into ``dst`` (0644).
 
     A bundle must tokenise and build prompts without the original checkpoint, so these travel with it.
     Hub snapshots hold symlinks: the copy follows them and writes plain files.
@@ -232,7 +234,7 @@ def copy_processor_files(src: Path, dst: Path) -> list[str]:
     src, dst = Path(src), Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     copied = []
-    for name in PROCESSOR_FILES:
+    for name in names:
         if (src / name).is_file():
             shutil.copyfile(src / name, dst / name)
             (dst / name).chmod(0o644)

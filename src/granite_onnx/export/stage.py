@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import resource
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -19,7 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from ..audit import check_kv_agreement
-from ..checkpoint import CheckpointSource, copy_processor_files, load_reference_model, validate_checkpoint
+from ..checkpoint import (
+    BUNDLE_CHECKPOINT_FILES,
+    CheckpointSource,
+    copy_processor_files,
+    load_reference_model,
+    validate_checkpoint,
+)
 from ..errors import GraniteOnnxError
 from ..runtime.bundle import graph_file
 from ..runtime.sessions import open_session
@@ -48,7 +53,6 @@ EXPORTER = {
     "external_data": "one <graph>.onnx_data sidecar per graph; tensors over 1 KiB external",
     "do_constant_folding": True,
 }
-EXTRA_CHECKPOINT_FILES = ("config.json", "generation_config.json")
 
 # Second size for the gate: an exact multiple of the 200-frame attention block (the classic
 # length a traced block count gets wrong), a batch of 2, a longer past.
@@ -172,11 +176,7 @@ def export_bundle(
             problems = check_kv_agreement(stage / graph_file(PROMPT_ENCODE), stage / graph_file(DECODE_STEP))
             if problems:
                 raise ExportCheckError(f"prompt_encode and decode_step disagree: {problems[0]}")
-        copied = copy_processor_files(source.path, stage)
-        for name in EXTRA_CHECKPOINT_FILES:
-            if (source.path / name).is_file():
-                shutil.copyfile(source.path / name, stage / name)
-                copied.append(name)
+        copied = copy_processor_files(source.path, stage, BUNDLE_CHECKPOINT_FILES)
         result = ExportResult(
             out_dir=str(out_dir),
             source={

@@ -15,25 +15,16 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from ..checkpoint import BUNDLE_CHECKPOINT_FILES
 from ..errors import BundleError
 from ..metadata.card import render_card, reproduce_commands
 from ..metadata.stage import METADATA_FILE
+from ..parity.report import REPORT_FILE as PARITY_REPORT
 from ..staging import staged_dir
 from .checksums import MANIFEST, manifest_text
 
 CARRIED_SUFFIXES = (".onnx", ".onnx_data")
-CARRIED_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "processor_config.json",
-    "chat_template.jinja",
-    "special_tokens_map.json",
-    "preprocessor_config.json",
-    "export_report.json",
-    "parity_report.json",
-)
+CARRIED_FILES = (*BUNDLE_CHECKPOINT_FILES, "export_report.json", PARITY_REPORT)
 
 
 class GateRefusal(BundleError):

@@ -10,20 +10,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..checkpoint import BUNDLE_CHECKPOINT_FILES
 from ..errors import BundleError
 from ..parity.report import REPORT_FILE
 from .checksums import sha256_file
 
 ARTEFACT_SUFFIXES = (".onnx", ".onnx_data")
-ARTEFACT_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "chat_template.jinja",
-    "processor_config.json",
-    "preprocessor_config.json",
-    "config.json",
-    "generation_config.json",
-)
+ARTEFACT_FILES = BUNDLE_CHECKPOINT_FILES
 
 
 def snapshot(bundle: Path) -> dict:
