@@ -143,3 +143,24 @@ def test_export_cli_writes_the_bundle(tiny_ckpt, tmp_path):
         assert (tmp_path / "out" / f"{name}.onnx").is_file()
         assert (tmp_path / "out" / f"{name}.onnx_data").is_file()
     assert no_leftovers(tmp_path) == []
+
+
+def test_transcribe_audio_too_short_for_one_frame(tiny_bundle, tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    path = tmp_path / "click.wav"
+    sf.write(path, np.zeros(100, np.float32), 16000)
+    result = run("transcribe", "--bundle", str(tiny_bundle), str(path))
+    assert_user_error(result, "click.wav", "257")
+
+
+def test_transcribe_audio_too_long_for_the_model_positions(tiny_bundle, tmp_path):
+    """400 s of audio is 12,000 audio tokens: refused before any graph runs, naming the limit."""
+    import numpy as np
+    import soundfile as sf
+
+    path = tmp_path / "long.flac"
+    sf.write(path, np.random.default_rng(0).standard_normal(16000 * 400).astype(np.float32) * 0.1, 16000)
+    result = run("transcribe", "--bundle", str(tiny_bundle), str(path))
+    assert_user_error(result, "long.flac", "4096 positions")

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import AudioError
+from ..errors import AudioError, BundleError
 from ..specs import DECODE_STEP, ENCODER, PROMPT_ENCODE, past_name
 from .audio import load_audio
 from .bundle import Bundle
-from .features import log_mel
+from .features import audio_token_count, log_mel
 from .prompt import DEFAULT_INSTRUCTION, PromptBuilder
 from .sessions import open_session
 
@@ -93,14 +93,17 @@ class SpeechPipeline:
     def prompt_ids(self, audio_tokens: int, instruction: str = DEFAULT_INSTRUCTION) -> np.ndarray:
         return np.asarray([self.prompts.input_ids(audio_tokens, instruction)], dtype=np.int64)
 
-    def generate(self, input_ids: np.ndarray, audio_embeds: np.ndarray, max_new_tokens: int) -> GreedyResult:
-        """Greedy decoding for one utterance (batch 1), stopping at an eos id like ``generate``."""
+    def check_length(self, prompt_tokens: int, max_new_tokens: int) -> None:
         limit = self.bundle.dims.max_positions
-        if input_ids.shape[1] + max_new_tokens > limit:
+        if prompt_tokens + max_new_tokens > limit:
             raise AudioError(
-                f"prompt of {input_ids.shape[1]} tokens + {max_new_tokens} new tokens exceeds the model's "
+                f"prompt of {prompt_tokens} tokens + {max_new_tokens} new tokens exceeds the model's "
                 f"{limit} positions: split the audio into shorter pieces"
             )
+
+    def generate(self, input_ids: np.ndarray, audio_embeds: np.ndarray, max_new_tokens: int) -> GreedyResult:
+        """Greedy decoding for one utterance (batch 1), stopping at an eos id like ``generate``."""
+        self.check_length(input_ids.shape[1], max_new_tokens)
         eos = set(self.bundle.eos_token_ids)
         tokens, margins = [], []
         logits, kv = self.prompt(input_ids, audio_embeds)
@@ -122,9 +125,16 @@ class SpeechPipeline:
         instruction: str = DEFAULT_INSTRUCTION,
     ) -> Transcript:
         start = time.perf_counter()
-        features = log_mel(audio, self.bundle.features)[None]
-        embeds = self.audio_embeds(features)
-        result = self.generate(self.prompt_ids(embeds.shape[1], instruction), embeds, max_new_tokens)
+        expected = audio_token_count(len(audio), self.bundle.features)
+        input_ids = self.prompt_ids(expected, instruction)
+        self.check_length(input_ids.shape[1], max_new_tokens)  # before any graph runs
+        embeds = self.audio_embeds(log_mel(audio, self.bundle.features)[None])
+        if embeds.shape[1] != expected:
+            raise BundleError(
+                f"{self.bundle.path(ENCODER)} returned {embeds.shape[1]} audio embeddings where the feature "
+                f"extractor gives {expected}: the encoder graph is wrong at this length, export it again"
+            )
+        result = self.generate(input_ids, embeds, max_new_tokens)
         return Transcript(
             text=self.prompts.decode(list(result.token_ids)),
             token_ids=result.token_ids,
@@ -134,4 +144,7 @@ class SpeechPipeline:
 
     def transcribe_file(self, path: Path, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> Transcript:
         audio = load_audio(path, self.bundle.features.sampling_rate)
-        return self.transcribe_array(audio, max_new_tokens)
+        try:
+            return self.transcribe_array(audio, max_new_tokens)
+        except AudioError as exc:  # name the file: the array-level checks cannot
+            raise AudioError(f"audio file {path}: {exc}") from exc
