@@ -128,3 +128,14 @@ def test_parity_runs_clips_in_parallel_processes_with_the_same_result(report, ti
         tiny_bundle, CheckpointSource(tiny_ckpt), CLIPS, ParityOptions(max_new_tokens=MAX_NEW, jobs=2)
     )
     assert parallel.multi_clip_parity == report.multi_clip_parity
+
+
+def test_parity_refuses_a_checkpoint_the_bundle_was_not_exported_from(tiny_bundle, tmp_path):
+    from granite_onnx.fixtures import TinySpec, write_tiny_checkpoint
+
+    other = write_tiny_checkpoint(tmp_path / "other", TinySpec(seed=1, text_num_layers=3))
+    result = CliRunner().invoke(
+        cli, ["parity", "--bundle", str(tiny_bundle), "--model-dir", str(other), "--clips", str(CLIPS)]
+    )
+    assert result.exit_code == 2
+    assert "exported from another checkpoint" in result.stderr

@@ -33,19 +33,16 @@ def check_output_dir(out_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def staged_dir(out_dir: Path, keep_existing: bool = False) -> Iterator[Path]:
+def staged_dir(out_dir: Path) -> Iterator[Path]:
     """Yield an empty staging folder beside ``out_dir``; on success it replaces ``out_dir``.
 
-    With ``keep_existing`` the staging folder starts as a copy of ``out_dir`` (a stage that adds
-    files to an existing bundle). On any exception the staging folder is removed and ``out_dir``
-    is left as it was.
+    On any exception (Ctrl-C included) the staging folder is removed and ``out_dir`` is left as it
+    was. Stages that add small files to an existing bundle use :func:`write_text_atomic` instead.
     """
     out_dir = Path(out_dir)
     check_output_dir(out_dir)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.resolve().parent))
     try:
-        if keep_existing and out_dir.is_dir():
-            shutil.copytree(out_dir, stage, dirs_exist_ok=True)
         yield stage
         os.chmod(stage, 0o755)
         replace_dir(stage, out_dir)

@@ -19,6 +19,7 @@ import jiwer
 import numpy as np
 
 from ..checkpoint import CheckpointSource, load_reference_model
+from ..errors import GraniteOnnxError
 from ..runtime.audio import load_audio
 from ..runtime.bundle import available_tiers
 from ..runtime.features import audio_token_count, log_mel
@@ -202,6 +203,16 @@ def gates(
     return tuple(out)
 
 
+def _check_same_model(bundle: Path, checkpoint: Path) -> None:
+    """Parity against another checkpoint would report a failure that is no fault of the graphs."""
+    ours, theirs = bundle / "config.json", checkpoint / "config.json"
+    if ours.is_file() and theirs.is_file() and ours.read_bytes() != theirs.read_bytes():
+        raise GraniteOnnxError(
+            f"{bundle} was exported from another checkpoint (its config.json differs from {theirs}): "
+            "pass the --model-dir it was exported from"
+        )
+
+
 _WORKER: _Context | None = None
 
 
@@ -222,6 +233,7 @@ def run_parity(
     progress: Callable[[int, int, str], None] | None = None,
 ) -> ParityReport:
     """Measure every requested tier of ``bundle`` against the checkpoint's PyTorch model."""
+    _check_same_model(Path(bundle), checkpoint.path)
     clips = load_clips(clips_dir)
     ref_clip = (
         next((c for c in clips if c.name == options.reference_clip), None)
@@ -229,8 +241,6 @@ def run_parity(
         else clips[0]
     )
     if ref_clip is None:
-        from ..errors import GraniteOnnxError
-
         raise GraniteOnnxError(f"--reference {options.reference_clip} is not among the clips in {clips_dir}")
     tiers = options.tiers or tuple(tier_label(t) for t in available_tiers(bundle))
     args = (Path(bundle), checkpoint.path, tuple(tiers), options.max_new_tokens, options.threads)
