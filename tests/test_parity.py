@@ -117,10 +117,24 @@ def test_gate_fails_for_an_encoder_exported_without_the_length_fix(tiny_ckpt, ti
     shutil.copytree(tiny_bundle, bundle)
     for suffix in (".onnx", ".onnx_data"):
         shutil.copyfile(broken / f"encoder{suffix}", bundle / f"encoder{suffix}")
-    report = run_parity(bundle, CheckpointSource(tiny_ckpt), CLIPS, ParityOptions(max_new_tokens=MAX_NEW))
-    assert not report.passed
-    failed = {g.name for g in report.failed_gates()}
-    assert "fp32_byte_exact" in failed
+    result = CliRunner().invoke(
+        cli,
+        [
+            "parity",
+            "--bundle",
+            str(bundle),
+            "--model-dir",
+            str(tiny_ckpt),
+            "--clips",
+            str(CLIPS),
+            "--max-new-tokens",
+            str(MAX_NEW),
+        ],
+    )
+    assert result.exit_code == 1, result.output
+    assert "fp32_byte_exact" in result.stderr
+    written = json.loads((bundle / "parity_report.json").read_text())
+    assert written["passed"] is False
 
 
 def test_parity_runs_clips_in_parallel_processes_with_the_same_result(report, tiny_bundle, tiny_ckpt):

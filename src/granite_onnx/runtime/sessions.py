@@ -25,7 +25,7 @@ def session_options(
     if not prepack:
         options.add_session_config_entry("session.disable_prepacking", "1")
     options.graph_optimization_level = OPT_LEVELS[opt_level]
-    options.log_severity_level = 3  # errors only: warnings about unused initializers are noise
+    options.log_severity_level = 4  # fatal only: failures surface as exceptions carrying the same message
     if threads:
         options.intra_op_num_threads = threads
     return options
