@@ -75,27 +75,20 @@ def _perturb_decode_logits(bundle, scale: float = 3.0) -> None:
     save_with_sidecar(model, path)
 
 
+def _run_parity_cli(bundle, checkpoint):
+    """`granite-onnx parity` on a (broken) bundle copy: the CLI result and the report it wrote."""
+    args = ["parity", "--bundle", str(bundle), "--model-dir", str(checkpoint), "--clips", str(CLIPS)]
+    result = CliRunner().invoke(cli, [*args, "--max-new-tokens", str(MAX_NEW)])
+    return result, json.loads((bundle / "parity_report.json").read_text())
+
+
 def test_gate_fails_when_decode_step_logits_are_perturbed(tiny_bundle, tiny_ckpt, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
     _perturb_decode_logits(bundle)
-    result = CliRunner().invoke(
-        cli,
-        [
-            "parity",
-            "--bundle",
-            str(bundle),
-            "--model-dir",
-            str(tiny_ckpt),
-            "--clips",
-            str(CLIPS),
-            "--max-new-tokens",
-            str(MAX_NEW),
-        ],
-    )
+    result, written = _run_parity_cli(bundle, tiny_ckpt)
     assert result.exit_code == 1, result.output
     assert "parity gate failed: fp32_byte_exact" in result.stderr
-    written = json.loads((bundle / "parity_report.json").read_text())
     assert written["passed"] is False
     block = written["single_clip"][0]
     assert block["decode"]["mismatches"] > 0
@@ -117,23 +110,9 @@ def test_gate_fails_for_an_encoder_exported_without_the_length_fix(tiny_ckpt, ti
     shutil.copytree(tiny_bundle, bundle)
     for suffix in (".onnx", ".onnx_data"):
         shutil.copyfile(broken / f"encoder{suffix}", bundle / f"encoder{suffix}")
-    result = CliRunner().invoke(
-        cli,
-        [
-            "parity",
-            "--bundle",
-            str(bundle),
-            "--model-dir",
-            str(tiny_ckpt),
-            "--clips",
-            str(CLIPS),
-            "--max-new-tokens",
-            str(MAX_NEW),
-        ],
-    )
+    result, written = _run_parity_cli(bundle, tiny_ckpt)
     assert result.exit_code == 1, result.output
     assert "fp32_byte_exact" in result.stderr
-    written = json.loads((bundle / "parity_report.json").read_text())
     assert written["passed"] is False
 
 

@@ -64,8 +64,38 @@ class _Context:
         self.pipelines = {t: SpeechPipeline(bundle, tier=_tier_arg(t), threads=threads) for t in tiers}
         self.max_new_tokens = max_new_tokens
         self.fp32 = self.pipelines.get(FP32) or next(iter(self.pipelines.values()))
+        self._memo: dict[tuple[str, Clip], object] = {}
+
+    def _once(self, what: str, clip: Clip, compute):
+        """Per-clip results that do not depend on the tier (features, every PyTorch run) are made once."""
+        key = (what, clip)
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def features(self, clip: Clip) -> tuple[np.ndarray, np.ndarray]:
+        return self._once("features", clip, lambda: self._features(clip))
+
+    def greedy(self, clip: Clip) -> reference.ReferenceGreedy:
+        """PyTorch's greedy decode of the clip, shared by every tier's numeric block and the clip table."""
+        features, ids = self.features(clip)
+        return self._once(
+            "greedy", clip, lambda: reference.greedy(self.model, ids, features, self.budget(ids.shape[1]))
+        )
+
+    def pytorch_prompt(self, clip: Clip) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """PyTorch's audio embeddings, last prompt logits and KV for the clip."""
+        features, ids = self.features(clip)
+        return self._once(
+            "prompt",
+            clip,
+            lambda: (
+                reference.audio_embeds(self.model, features),
+                *reference.prompt_outputs(self.model, ids, features),
+            ),
+        )
+
+    def _features(self, clip: Clip) -> tuple[np.ndarray, np.ndarray]:
         """[1, frames, 160] features and the prompt ids holding one audio token per expected embedding.
 
         The audio token count comes from the feature extractor's formula, not from the ONNX encoder,
@@ -94,11 +124,10 @@ def _describe(exc: Exception) -> str:
 def _numeric_block(ctx: _Context, tier: str, clip: Clip) -> SingleClipBlock:
     pipe = ctx.pipelines[tier]
     features, ids = ctx.features(clip)
-    want_embeds = reference.audio_embeds(ctx.model, features)
+    want_embeds, want_logits, want_kv = ctx.pytorch_prompt(clip)
     embeds = pipe.audio_embeds(features)
-    want_logits, want_kv = reference.prompt_outputs(ctx.model, ids, features)
     logits, kv = pipe.prompt(ids, embeds)
-    ref = reference.greedy(ctx.model, ids, features, ctx.budget(ids.shape[1]))
+    ref = ctx.greedy(clip)
 
     targets = ref.step_logits.argmax(-1)
     margins = top2_margins(ref.step_logits)
@@ -129,7 +158,7 @@ def _numeric_block(ctx: _Context, tier: str, clip: Clip) -> SingleClipBlock:
 def clip_parity(ctx: _Context, clip: Clip) -> ClipParity:
     features, ids = ctx.features(clip)
     prompts = ctx.fp32.prompts
-    ref = reference.greedy(ctx.model, ids, features, ctx.budget(ids.shape[1]))
+    ref = ctx.greedy(clip)
     pytorch_text = prompts.decode(list(ref.token_ids))
     runs: dict[str, tuple[str, tuple[int, ...], str | None]] = {}
     for tier, pipe in ctx.pipelines.items():
