@@ -11,9 +11,12 @@ BUNDLE ?= out/$(MODEL)
 CLIP ?= clips/jfk.flac
 SOURCE := $(if $(MODEL_DIR),--model-dir $(MODEL_DIR),--model $(MODEL))
 
-.PHONY: all setup export parity metadata transcribe bundle publish regenerate expected test lint bench bench-export-full clean
+# Quantised tiers written by `make quantise` (int8 dynamic, int8w weight-only, int8s static, fp16 encoder).
+TIERS ?= int8 int8w int8s fp16
 
-all: export parity metadata transcribe
+.PHONY: all setup export quantise parity metadata transcribe bundle publish regenerate expected test lint bench bench-export-full clean
+
+all: export quantise parity metadata transcribe
 
 setup: $(VENV)/.installed
 
@@ -29,6 +32,9 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 export: setup
 	$(CLI) export $(SOURCE) --out-dir $(BUNDLE)
+
+quantise: setup
+	$(CLI) quantise --bundle $(BUNDLE) $(addprefix --tier ,$(TIERS)) --clips clips
 
 parity: setup
 	$(CLI) parity --bundle $(BUNDLE) $(SOURCE) --clips clips
@@ -48,7 +54,7 @@ publish: bundle
 
 # Regenerate every artefact of the tiny model and fail if a sha256 or a parity result moved.
 # After an intended change: make regenerate UPDATE=1, and commit expected/tiny.json.
-regenerate: export parity metadata expected
+regenerate: export quantise parity metadata expected
 
 expected: setup
 	$(CLI) expect --bundle $(BUNDLE) --expected expected/$(MODEL).json $(if $(UPDATE),--update)

@@ -76,3 +76,18 @@ def measured_bundle(tiny_bundle: Path, tiny_ckpt: Path, tmp_path_factory: pytest
     run_parity(bundle, CheckpointSource(tiny_ckpt), CLIPS, ParityOptions(max_new_tokens=16)).write(bundle)
     write_metadata(bundle)
     return bundle
+
+
+@pytest.fixture(scope="session")
+def quantised_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny bundle with all four tiers written by the quantise stage (read-only)."""
+    import shutil
+
+    from granite_onnx.quantise.stage import QuantiseOptions, quantise_bundle
+    from granite_onnx.quantise.tiers import TIERS
+
+    bundle = tmp_path_factory.mktemp("quantised") / "tiny"
+    shutil.copytree(tiny_bundle, bundle)
+    for tier in TIERS:
+        quantise_bundle(bundle, tier, QuantiseOptions(clips=CLIPS))
+    return bundle

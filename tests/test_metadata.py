@@ -207,12 +207,16 @@ def test_parity_and_transcripts_are_copied_from_the_parity_report(measured_bundl
 
 
 def test_quantise_reports_are_included_by_tier(bundle_copy):
-    summary = {"op_types": {"MatMulInteger": 12}, "bytes_before": 1000, "bytes_after": 300}
-    (bundle_copy / "quantise_int8.json").write_text(json.dumps(summary))
+    from granite_onnx.quantise.stage import quantise_bundle
+
+    quantise_bundle(bundle_copy, "int8w")
+    summary = json.loads((bundle_copy / "quantise_int8w.json").read_text())
     doc = collect_metadata(bundle_copy)
-    assert doc["quantisation"] == {"int8": summary}
+    assert doc["quantisation"] == {"int8w": summary}
     validate_metadata(doc)
-    assert "## Quantisation" in render_card(doc) and "MatMulInteger" in render_card(doc)
+    card = render_card(doc)
+    assert "## Quantisation" in card
+    assert "| int8w | `decode_step_int8w.onnx` | Gather 1, MatMul 15 |" in card
 
 
 def test_written_metadata_is_deterministic(measured_bundle, metadata):

@@ -39,10 +39,19 @@ def _all_nodes(graph: onnx.GraphProto):
 
 
 def _tensor_bytes(tensor: onnx.TensorProto) -> int:
+    """Bytes of the tensor's values (typed fields such as int32_data widen int8 values: count values)."""
     if tensor.raw_data:
         return len(tensor.raw_data)
-    fields = (tensor.float_data, tensor.int32_data, tensor.int64_data, tensor.double_data, tensor.uint64_data)
-    return sum(len(f) * 8 for f in fields) + sum(len(s) for s in tensor.string_data)
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return sum(len(s) for s in tensor.string_data)
+    count = 1
+    for d in tensor.dims:
+        count *= d
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        itemsize = 8
+    return count * itemsize
 
 
 def check_header(model: onnx.ModelProto) -> list[str]:

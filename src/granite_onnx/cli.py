@@ -79,6 +79,50 @@ def fixture(out_dir: Path, seed: int) -> None:
 
 @cli.command()
 @click.option("--bundle", required=True, type=click.Path(path_type=Path), help="Bundle folder from `export`.")
+@click.option(
+    "--tier", "tiers", required=True, multiple=True, help="int8, int8w, int8s or fp16 (repeatable; 'all')."
+)
+@click.option(
+    "--exclude", multiple=True, help="Node name or shell pattern to keep in full precision (repeatable)."
+)
+@click.option(
+    "--clips",
+    "clips_dir",
+    type=click.Path(path_type=Path),
+    default=Path("clips"),
+    show_default=True,
+    help="Real audio for int8s calibration and fp16 range checks.",
+)
+@click.option(
+    "--calibration",
+    type=click.Choice(["minmax", "percentile", "entropy"]),
+    default="minmax",
+    show_default=True,
+    help="int8s: how activation ranges are taken from the calibration clips.",
+)
+@click.option("--threads", default=None, type=click.IntRange(1, 256), help="onnxruntime intra-op threads.")
+def quantise(bundle, tiers, exclude, clips_dir, calibration, threads) -> None:
+    """Write quantised graphs beside the FP32 ones, audit them, and record what changed."""
+    from .quantise.stage import QuantiseOptions, quantise_bundle
+    from .quantise.tiers import TIERS
+
+    names = list(TIERS) if "all" in tiers else list(dict.fromkeys(tiers))
+    options = QuantiseOptions(
+        exclude=tuple(exclude), clips=clips_dir, calibration=calibration, threads=threads
+    )
+    for name in names:
+        report = quantise_bundle(bundle, name, options, progress=lambda msg: click.echo(msg, err=True))
+        for g in report.graphs:
+            counts = ", ".join(f"{k} {v}" for k, v in g.quantised.items()) or "nothing"
+            click.echo(
+                f"{g.file:26s} {g.bytes_before / 2**20:9.2f} MiB -> {g.bytes_after / 2**20:9.2f} MiB "
+                f"({g.ratio:.2f}x)  {g.seconds:6.1f} s  quantised: {counts}"
+            )
+        click.echo(f"tier {name}: verified, {report.seconds:.1f} s, peak RSS {report.peak_rss_mib:.0f} MiB")
+
+
+@cli.command()
+@click.option("--bundle", required=True, type=click.Path(path_type=Path), help="Bundle folder from `export`.")
 @click.option("--tier", default=None, help="Quantised tier (e.g. int8); FP32 when omitted.")
 @click.option("--max-new-tokens", default=200, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--threads", default=None, type=click.IntRange(1, 256), help="onnxruntime intra-op threads.")
@@ -131,8 +175,26 @@ def transcribe(bundle, tier, max_new_tokens, threads, as_json, audio) -> None:
 @click.option(
     "--jobs", default=1, show_default=True, type=click.IntRange(1, 64), help="Clips in parallel processes."
 )
+@click.option(
+    "--quantised-gate",
+    type=click.Choice(["auto", "wer", "near-tie"]),
+    default="auto",
+    show_default=True,
+    help="Gate quantised tiers on corpus WER, or (random weights) on divergences only at near-ties; "
+    "auto picks near-tie for the built-in tiny model only.",
+)
 def parity(
-    bundle, model_dir, model, revision, clips_dir, reference, tiers, wer_limit, max_new_tokens, jobs
+    bundle,
+    model_dir,
+    model,
+    revision,
+    clips_dir,
+    reference,
+    tiers,
+    wer_limit,
+    max_new_tokens,
+    jobs,
+    quantised_gate,
 ) -> None:
     """Measure the bundle against transformers' PyTorch model; exit 1 when a gate fails."""
     from tqdm import tqdm
@@ -141,7 +203,9 @@ def parity(
     from .parity.tables import summary_lines
 
     source = _source(model_dir, model, revision)
-    options = ParityOptions(tuple(tiers), reference, max_new_tokens, wer_limit, jobs)
+    options = ParityOptions(
+        tuple(tiers), reference, max_new_tokens, wer_limit, jobs, quantised_gate=quantised_gate
+    )
     with tqdm(desc="parity", unit="clip", file=sys.stderr, leave=False) as bar:
 
         def tick(done: int, total: int, what: str) -> None:

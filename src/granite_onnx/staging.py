@@ -76,3 +76,35 @@ def write_text_atomic(path: Path, text: str) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def merge_into(folder: Path, staged: Path) -> list[str]:
+    """Add every file of ``staged`` to ``folder`` (replacing same-named files) as one rename.
+
+    A hard-linked copy of ``folder`` receives the new files and is swapped in with
+    :func:`replace_dir`, so a reader sees the old folder or the whole new one, never a tier with
+    some of its graphs. Hard links cost no space; where the filesystem refuses them, the files are
+    renamed in one by one, sidecars before graphs and reports last. ``staged`` is consumed.
+    """
+    folder, staged = Path(folder), Path(staged)
+    names = sorted(p.name for p in staged.iterdir())
+    order = sorted(names, key=lambda n: (n.endswith(".json"), n.endswith(".onnx"), n))
+    snapshot = Path(tempfile.mkdtemp(prefix=f".{folder.name}.merge-", dir=folder.resolve().parent))
+    try:
+        shutil.copytree(folder, snapshot, copy_function=os.link, dirs_exist_ok=True)
+    except OSError:
+        shutil.rmtree(snapshot, ignore_errors=True)
+        for name in order:
+            os.replace(staged / name, folder / name)
+        shutil.rmtree(staged, ignore_errors=True)
+        return names
+    try:
+        for name in order:
+            os.replace(staged / name, snapshot / name)
+        os.chmod(snapshot, 0o755)
+        replace_dir(snapshot, folder)
+    except BaseException:
+        shutil.rmtree(snapshot, ignore_errors=True)
+        raise
+    shutil.rmtree(staged, ignore_errors=True)
+    return names

@@ -41,6 +41,7 @@ from ..specs import (
 )
 from ..staging import check_output_dir, staged_dir
 from ..toolchain import versions
+from ..verify import verify_bundle
 from .trace import reference_outputs, trace_graph
 from .writer import finalise, sidecar_name
 
@@ -176,6 +177,10 @@ def export_bundle(
             problems = check_kv_agreement(stage / graph_file(PROMPT_ENCODE), stage / graph_file(DECODE_STEP))
             if problems:
                 raise ExportCheckError(f"prompt_encode and decode_step disagree: {problems[0]}")
+        say("portability audit (granite-onnx verify) of the staged bundle")
+        failed = [c for c in verify_bundle(stage) if not c.ok]
+        if failed:
+            raise ExportCheckError(f"{failed[0].item} fails {failed[0].check}: {failed[0].detail}")
         copied = copy_processor_files(source.path, stage, BUNDLE_CHECKPOINT_FILES)
         result = ExportResult(
             out_dir=str(out_dir),

@@ -189,7 +189,7 @@ def files_section(meta: dict) -> str:
         side = g.get("sidecar") or {}
         rows.append(
             [
-                f"`{g['file']}`",
+                f"`{g.get('file')}`",
                 f"`{side['file']}`" if side else DASH,
                 g["bytes"],
                 side.get("bytes", DASH),
@@ -466,26 +466,61 @@ def parity_section(meta: dict) -> str:
     return "\n\n".join(parts)
 
 
-def flat_items(value, prefix: str = "") -> list[list]:
-    """(dotted key, scalar) rows of a nested report: lists of scalars joined, others indexed."""
-    if isinstance(value, dict):
-        return [row for k, v in value.items() for row in flat_items(v, f"{prefix}.{k}" if prefix else str(k))]
-    if isinstance(value, list):
-        if all(not isinstance(v, dict | list) for v in value):
-            return [[prefix, ", ".join(str(v) for v in value)]]
-        return [row for i, v in enumerate(value) for row in flat_items(v, f"{prefix}[{i}]")]
-    return [[prefix, value]]
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.2f} MiB"
+
+
+def _tier_rows(tier: str, report: dict) -> list[list]:
+    rows = []
+    for g in report.get("graphs", {}).values():
+        ops = ", ".join(f"{op} {n}" for op, n in g.get("quantised", {}).items()) or "-"
+        rows.append(
+            [
+                tier,
+                f"`{g.get('file')}`",
+                ops,
+                len(g.get("excluded", [])),
+                _mib(g.get("bytes_before", 0)),
+                _mib(g.get("bytes_after", 0)),
+                f"{g.get('size_ratio', float('nan')):.2f}",
+                g.get("seconds"),
+            ]
+        )
+    rows += [
+        [tier, f"`{name}.onnx` (FP32, shared)", "-", "-", "-", "-", "1.00", "-"]
+        for name in report.get("fp32_graphs", [])
+    ]
+    return rows
 
 
 def quantisation_section(meta: dict) -> str:
-    """Each tier's quantise report as written by the quantise stage (nothing when none ran)."""
+    """One row per tier graph (what was quantised, bytes before and after) and each tier's method and
+    settings; the full reports are ``quantise_<tier>.json`` and the metadata's ``quantisation``."""
     quant = meta.get("quantisation") or {}
     if not quant:
         return ""
-    parts = ["## Quantisation"]
+    header = ["tier", "file", "quantised nodes", "kept FP32", "FP32 bytes", "tier bytes", "ratio", "seconds"]
+    rows = [row for tier, report in sorted(quant.items()) for row in _tier_rows(tier, report)]
+    notes = []
     for tier, report in sorted(quant.items()):
-        parts += [f"### {tier}", table(["field", "value"], [[f"`{k}`", v] for k, v in flat_items(report)])]
-    return "\n\n".join(parts)
+        line = f"- **{tier}**: {report.get('method', '')}; quantised in {report.get('seconds')} s"
+        line += f", peak RSS {report.get('peak_rss_mib')} MiB."
+        for graph, g in report.get("graphs", {}).items():
+            details = g.get("details", {})
+            if "kept_fp32_op_types" in details:
+                kept = ", ".join(details["kept_fp32_op_types"]) or "none"
+                line += (
+                    f" {graph}: op types kept FP32: {kept} ({details.get('kept_fp32_op_types_reason')}); "
+                    f"{len(details.get('kept_fp32_by_range', {}))} nodes kept FP32 because their activations "
+                    f"on the clips exceeded {details.get('kept_fp32_limit')}."
+                )
+            if "calibration" in details and graph == next(iter(report["graphs"])):
+                cal = details["calibration"]
+                line += (
+                    f" Calibrated ({details['settings'].get('calibration')}) on {', '.join(cal['clips'])}."
+                )
+        notes.append(line)
+    return "\n\n".join(["## Quantisation", table(header, rows), "\n".join(notes)])
 
 
 def toolchain_section(meta: dict) -> str:

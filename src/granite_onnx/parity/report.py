@@ -47,6 +47,7 @@ class TierTranscript:
     first_divergent_step: int | None
     tokens: int
     error: str | None = None
+    margin_at_divergence: float | None = None  # PyTorch's top-1 minus top-2 logit at the first divergent step
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class ClipParity:
     pytorch_text: str
     pytorch_wer_vs_reference: float | None
     tiers: tuple[TierTranscript, ...]
+    pytorch_margins: tuple[float, ...] = ()  # PyTorch's top-1 minus top-2 logit at every greedy step
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class ParityReport:
     single_clip: tuple[SingleClipBlock, ...]
     multi_clip_parity: tuple[ClipParity, ...]
     gates: tuple[Gate, ...]
+    quantised_gate: str = "wer"  # how quantised tiers were gated: "wer" or "near-tie" (see harness)
     schema_version: int = SCHEMA_VERSION
 
     @property

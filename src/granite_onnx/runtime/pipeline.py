@@ -50,14 +50,21 @@ class SpeechPipeline:
     """The three sessions of one bundle tier, plus its prompt builder."""
 
     def __init__(
-        self, folder: Path, tier: str | None = None, threads: int | None = None, opt_level: str = "all"
+        self,
+        folder: Path,
+        tier: str | None = None,
+        threads: int | None = None,
+        opt_level: str = "all",
+        prepack: bool = True,
     ):
+        """``prepack=False`` keeps weights memory-mapped (no per-session copy): for tools that hold a
+        pipeline beside other large work, such as calibration before quantising a 2B model."""
         self.bundle = Bundle.open(folder, tier)
         self.prompts = PromptBuilder(self.bundle.folder)
         specs = self.bundle.specs
         self.specs = specs
         self.sessions = {
-            name: open_session(self.bundle.path(name, tier), threads, opt_level) for name in specs
+            name: open_session(self.bundle.path(name), threads, opt_level, prepack) for name in specs
         }
 
     # --- one call per graph -------------------------------------------------------------
@@ -66,18 +73,26 @@ class SpeechPipeline:
         return self.sessions[ENCODER].run(None, {"input_features": features.astype(np.float32)})[0]
 
     def prompt(self, input_ids: np.ndarray, audio_embeds: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        logits, *kv = self.sessions[PROMPT_ENCODE].run(None, self.prompt_feeds(input_ids, audio_embeds))
+        return logits, kv
+
+    def step(self, token: np.ndarray, kv: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One decode step; ``token`` is [batch, 1], ``kv`` the previous presents in spec order."""
+        logits, *present = self.sessions[DECODE_STEP].run(None, self.step_feeds(token, kv))
+        return logits, present
+
+    # --- feeds (also what the quantise stage calibrates on) --------------------------------
+    @staticmethod
+    def prompt_feeds(input_ids: np.ndarray, audio_embeds: np.ndarray) -> dict[str, np.ndarray]:
         batch, seq = input_ids.shape
-        feeds = {
+        return {
             "input_ids": input_ids.astype(np.int64),
             "audio_embeds": audio_embeds,
             "attention_mask": np.ones((batch, seq), np.int64),
             "position_ids": np.broadcast_to(np.arange(seq, dtype=np.int64), (batch, seq)).copy(),
         }
-        logits, *kv = self.sessions[PROMPT_ENCODE].run(None, feeds)
-        return logits, kv
 
-    def step(self, token: np.ndarray, kv: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """One decode step; ``token`` is [batch, 1], ``kv`` the previous presents in spec order."""
+    def step_feeds(self, token: np.ndarray, kv: list[np.ndarray]) -> dict[str, np.ndarray]:
         batch, past = token.shape[0], kv[0].shape[2]
         feeds = {
             "input_ids": token.astype(np.int64),
@@ -86,8 +101,7 @@ class SpeechPipeline:
         }
         names = [past_name(i, k) for i in range(self.bundle.dims.num_layers) for k in ("key", "value")]
         feeds.update(zip(names, kv, strict=True))
-        logits, *present = self.sessions[DECODE_STEP].run(None, feeds)
-        return logits, present
+        return feeds
 
     # --- decoding ------------------------------------------------------------------------
     def prompt_ids(self, audio_tokens: int, instruction: str = DEFAULT_INSTRUCTION) -> np.ndarray:

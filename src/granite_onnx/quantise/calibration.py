@@ -1,0 +1,129 @@
+"""Inputs for static calibration and range checks: real clips run through the FP32 pipeline.
+
+Each graph is calibrated on the inputs it meets in use: the encoder on each clip's stacked log-mel,
+prompt_encode on the prompt built around the FP32 encoder's audio embeddings, decode_step on the
+KV cache of the FP32 greedy decode a few steps in. Torch-free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from onnxruntime.quantization import CalibrationDataReader
+
+from ..parity.clips import load_clips
+from ..runtime.audio import load_audio
+from ..runtime.features import audio_token_count, log_mel
+from ..runtime.pipeline import SpeechPipeline
+from ..specs import DECODE_STEP, ENCODER, PROMPT_ENCODE
+
+Feeds = dict[str, np.ndarray]
+
+
+class FeedStore(Sequence):
+    """Feeds kept on disk, one ``.npz`` per sample, loaded one at a time.
+
+    decode_step samples carry the whole KV cache (about 160 KiB per cached token at full size, so
+    ~100 MB per sample): holding 80 of them in memory beside a 7 GB graph is what this avoids.
+    """
+
+    def __init__(self, folder: Path, name: str):
+        self.folder, self.name, self._count = Path(folder), name, 0
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def append(self, feeds: Feeds) -> None:
+        np.savez(self.folder / f"{self.name}-{self._count:05d}.npz", **feeds)
+        self._count += 1
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._count))]
+        if not 0 <= index < self._count:
+            raise IndexError(index)
+        with np.load(self.folder / f"{self.name}-{index:05d}.npz") as data:
+            return {k: data[k] for k in data.files}
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Feeds per graph, and the audio files they came from (recorded in the tier report)."""
+
+    clips: tuple[str, ...]
+    feeds: dict[str, FeedStore]
+    decode_steps: tuple[int, ...]  # which greedy steps of each clip fed decode_step
+
+    def summary(self) -> dict:
+        return {
+            "clips": list(self.clips),
+            "samples": {g: len(f) for g, f in self.feeds.items()},
+            "decode_steps_per_clip": list(self.decode_steps),
+        }
+
+
+def collect(
+    bundle: Path,
+    clips_dir: Path,
+    scratch: Path,
+    decode_steps: int = 16,
+    decode_stride: int = 4,
+    threads: int | None = None,
+) -> CalibrationSet:
+    """Run every clip of ``clips_dir`` through the FP32 bundle and store each graph's inputs in ``scratch``.
+
+    decode_step gets every ``decode_stride``-th of the first ``decode_steps * decode_stride`` greedy
+    steps of each clip: activations grow as the cache fills, and ranges taken from the first few
+    steps only clip later ones (measured on the tiny model: 4 steps per clip made int8s diverge at
+    confident steps; 16 spread over 64 did not).
+    """
+    pipe = SpeechPipeline(bundle, threads=threads, prepack=False)  # weights stay memory-mapped
+    stores = {g: FeedStore(scratch, g) for g in (ENCODER, PROMPT_ENCODE, DECODE_STEP)}
+    clips = load_clips(clips_dir)
+    kept = tuple(range(0, decode_steps * decode_stride, decode_stride))
+    for clip in clips:
+        audio = load_audio(clip.path, pipe.bundle.features.sampling_rate)
+        features = log_mel(audio, pipe.bundle.features)[None]
+        stores[ENCODER].append({"input_features": features})
+        embeds = pipe.audio_embeds(features)
+        input_ids = pipe.prompt_ids(audio_token_count(len(audio), pipe.bundle.features))
+        stores[PROMPT_ENCODE].append(pipe.prompt_feeds(input_ids, embeds))
+        logits, kv = pipe.prompt(input_ids, embeds)
+        for step in range(kept[-1] + 1 if kept else 0):
+            token = np.asarray([[int(np.argmax(logits[0]))]], np.int64)
+            if step in kept:
+                stores[DECODE_STEP].append(pipe.step_feeds(token, kv))
+            logits, kv = pipe.step(token, kv)
+    return CalibrationSet(tuple(c.name for c in clips), stores, kept)
+
+
+class FeedReader(CalibrationDataReader):
+    """onnxruntime's calibration interface over a fixed list of feeds.
+
+    ``set_range`` lets ``quantize_static`` collect one sample at a time (``CalibStridedMinMax`` 1):
+    its histogram calibrators otherwise stack every sample's activations into one array, which
+    fails when clips differ in length and holds every activation of every clip in memory at once.
+    """
+
+    def __init__(self, feeds: Sequence[Feeds]):
+        self._feeds = feeds
+        self._next, self._end = 0, len(feeds)
+
+    def get_next(self) -> Feeds | None:
+        if self._next >= self._end:
+            return None
+        self._next += 1
+        return self._feeds[self._next - 1]
+
+    def rewind(self) -> None:
+        self._next, self._end = 0, len(self._feeds)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._next, self._end = start_index, min(end_index, len(self._feeds))
+
+    def __len__(self) -> int:
+        return len(self._feeds)

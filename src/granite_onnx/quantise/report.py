@@ -1,0 +1,98 @@
+"""What a quantise run wrote, as plain data: ``quantise_<tier>.json`` beside the graphs.
+
+The metadata stage copies this file verbatim, so every figure here is one the quantise stage
+measured on the files it wrote (node counts by op type, bytes before and after, time, memory).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import onnx
+
+from ..sidecar import sidecar_name
+from ..toolchain import versions
+
+REPORT_VERSION = 1
+REPORT_PREFIX = "quantise_"
+
+
+def report_file(tier: str) -> str:
+    return f"{REPORT_PREFIX}{tier}.json"
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set so far (the kernel's accounting, KiB on Linux)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def op_counts(path: Path) -> dict[str, int]:
+    """Node count per op type of the graph at ``path`` (read without its weights)."""
+    model = onnx.load(str(path), load_external_data=False)
+    return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
+
+
+def graph_bytes(path: Path) -> int:
+    """Bytes on disk of a graph file and its sidecar together."""
+    path = Path(path)
+    side = path.with_name(sidecar_name(path))
+    return path.stat().st_size + (side.stat().st_size if side.is_file() else 0)
+
+
+def count_changes(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Op types whose count changed, with the signed change (e.g. MatMul -24, MatMulInteger +24)."""
+    keys = sorted(set(before) | set(after))
+    return {k: after.get(k, 0) - before.get(k, 0) for k in keys if after.get(k, 0) != before.get(k, 0)}
+
+
+@dataclass(frozen=True)
+class GraphQuantisation:
+    """One graph of a tier: which nodes changed and what it costs on disk."""
+
+    graph: str
+    source: str
+    file: str
+    quantised: dict[str, int]  # nodes quantised (or converted), by the op type they had
+    excluded: tuple[str, ...]  # nodes left in FP32 on request (--exclude) or by the tier's own rule
+    op_count_changes: dict[str, int]
+    bytes_before: int
+    bytes_after: int
+    seconds: float
+    details: dict = field(default_factory=dict)  # tier-specific findings (ranges, calibration, ...)
+
+    @property
+    def ratio(self) -> float:
+        return self.bytes_after / self.bytes_before if self.bytes_before else float("nan")
+
+
+@dataclass(frozen=True)
+class TierReport:
+    """A whole tier: its graphs, the FP32 graphs it reuses, its options and the toolchain."""
+
+    tier: str
+    method: str
+    graphs: tuple[GraphQuantisation, ...]
+    fp32_graphs: tuple[str, ...]  # graphs this tier runs in FP32 (the fp16 tier converts only the encoder)
+    options: dict
+    seconds: float
+    peak_rss_mib: float
+    toolchain: dict = field(default_factory=versions)
+
+    def to_json(self) -> dict:
+        doc = asdict(self)
+        doc["report_version"] = REPORT_VERSION
+        for g, graph in zip(doc["graphs"], self.graphs, strict=True):
+            g["excluded"] = list(g["excluded"])
+            g["size_ratio"] = round(graph.ratio, 4)
+        doc["graphs"] = {g.pop("graph"): g for g in doc["graphs"]}
+        doc["fp32_graphs"] = list(self.fp32_graphs)
+        return doc
+
+    def write(self, folder: Path) -> Path:
+        path = Path(folder) / report_file(self.tier)
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+        return path

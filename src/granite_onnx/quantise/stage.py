@@ -1,0 +1,231 @@
+"""``granite-onnx quantise``: write one tier's graphs beside the FP32 ones, verified, all or nothing.
+
+Each graph is quantised from the bundle's FP32 file into a staging folder beside the bundle,
+re-saved with one ``<graph>_<tier>.onnx_data`` sidecar (streamed, one tensor at a time), and the
+tier passes the portability audit (contract, onnx.checker, onnxruntime load with basic and all
+optimisations, KV agreement) before its files and ``quantise_<tier>.json`` are merged into the
+bundle in one rename. A failed or interrupted run leaves the bundle as it was.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import onnx
+
+from ..audit import audit_file, check_kv_agreement, check_loads
+from ..errors import GraniteOnnxError
+from ..runtime.bundle import Bundle, graph_file
+from ..sidecar import rewrite_with_sidecar, write_with_sidecar
+from ..specs import DECODE_STEP, GRAPH_NAMES, PROMPT_ENCODE
+from ..staging import check_output_dir, merge_into
+from . import dynamic, fp16, static, weight_only
+from .calibration import CalibrationSet, collect
+from .report import GraphQuantisation, TierReport, count_changes, graph_bytes, op_counts, peak_rss_mib
+from .tiers import TIERS, Tier
+
+QUANTISABLE = ("MatMul", "Conv", "Gather")
+
+
+class QuantiseError(GraniteOnnxError):
+    """A tier could not be written or failed its audit; the bundle is unchanged."""
+
+
+@dataclass(frozen=True)
+class QuantiseOptions:
+    exclude: tuple[str, ...] = ()  # node names or shell patterns (fnmatch) left in full precision
+    clips: Path | None = None  # real audio for calibration (int8s) and range checks (fp16)
+    calibration: str = "minmax"  # int8s: minmax, percentile or entropy
+    decode_steps: int = 16  # decode_step calibration samples per clip (see calibration.collect)
+    decode_stride: int = 4  # ... taken every this many greedy steps
+    fp16_headroom: float = 4.0  # fp16: keep nodes whose activations exceed 65504 / headroom
+    threads: int | None = None
+
+    def to_json(self) -> dict:
+        doc = asdict(self)
+        doc["exclude"] = list(self.exclude)
+        doc["clips"] = Path(self.clips).name if self.clips else None
+        return doc
+
+
+def _tier(name: str) -> Tier:
+    if name not in TIERS:
+        raise GraniteOnnxError(f"unknown tier {name!r}: choose from {', '.join(TIERS)}")
+    return TIERS[name]
+
+
+def expand_exclude(patterns: tuple[str, ...], sources: dict[str, Path]) -> dict[str, list[str]]:
+    """Node names per graph matched by ``patterns``; a pattern that matches nothing is a user error."""
+    names = {
+        g: [n.name for n in onnx.load(str(p), load_external_data=False).graph.node]
+        for g, p in sources.items()
+    }
+    matched = {
+        g: sorted({n for n in nodes for pat in patterns if fnmatch.fnmatchcase(n, pat)})
+        for g, nodes in names.items()
+    }
+    unused = [
+        pat for pat in patterns if not any(fnmatch.fnmatchcase(n, pat) for ns in names.values() for n in ns)
+    ]
+    if unused:
+        raise GraniteOnnxError(
+            f"--exclude {unused[0]!r} matches no node of {', '.join(p.name for p in sources.values())}: "
+            "give node names as the ONNX graph spells them (e.g. /language_model/lm_head/MatMul) or a pattern"
+        )
+    return matched
+
+
+def quantised_nodes(path: Path) -> dict[str, int]:
+    """Nodes that now compute in integer form, by the op type they had in FP32.
+
+    MatMulInteger / ConvInteger (dynamic) count as MatMul / Conv; a MatMul, Conv or Gather whose
+    weight comes from a DequantizeLinear (QDQ and weight-only) counts as itself.
+    """
+    graph = onnx.load(str(path), load_external_data=False).graph
+    dq_outputs = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    counts: Counter[str] = Counter()
+    for node in graph.node:
+        if node.op_type in ("MatMulInteger", "ConvInteger"):
+            counts[node.op_type.replace("Integer", "")] += 1
+        elif node.op_type in QUANTISABLE and any(i in dq_outputs for i in node.input):
+            counts[node.op_type] += 1
+    return dict(sorted(counts.items()))
+
+
+def _write_graph(tier: Tier, src: Path, dst: Path, excluded: list[str], calib, options) -> tuple[dict, dict]:
+    """Quantise ``src`` into ``dst`` (+ sidecar); returns (quantised counts, details)."""
+    scratch = Path(tempfile.mkdtemp(prefix="raw-", dir=dst.parent))
+    try:
+        if tier.name == "int8":
+            settings = dynamic.quantise_file(src, scratch / src.name, excluded)
+            rewrite_with_sidecar(scratch / src.name, dst)
+            return quantised_nodes(dst), {"settings": settings}
+        if tier.name == "int8s":
+            feeds = calib.feeds[src.stem]
+            settings = static.quantise_file(src, scratch / src.name, feeds, options.calibration, excluded)
+            rewrite_with_sidecar(scratch / src.name, dst)
+            return quantised_nodes(dst), {"settings": settings, "calibration": calib.summary()}
+        if tier.name == "int8w":
+            model = onnx.load(str(src), load_external_data=False)
+            counts, records = weight_only.quantise_model(model, src.parent, set(excluded))
+            write_with_sidecar(model, src.parent, dst)
+            worst = max(records, key=lambda r: r.max_abs_error / (r.max_abs or 1.0), default=None)
+            details = {
+                "formula": "q = clip(rint(W / s), -127, 127), s = max|W| per output channel / 127",
+                "weights": len(records),
+                "worst_relative_rounding_error": round(worst.max_abs_error / (worst.max_abs or 1.0), 6)
+                if worst
+                else None,
+            }
+            return counts, details
+        if tier.name == "fp16":
+            model, details = fp16.convert(src, calib.feeds[src.stem], excluded, options.fp16_headroom)
+            write_with_sidecar(model, scratch, dst)
+            kept = set(details["kept_fp32_by_range"]) | set(excluded) | set(details["kept_fp32_op_types"])
+            source = onnx.load(str(src), load_external_data=False).graph.node
+            counts = Counter(
+                n.op_type for n in source if n.op_type in fp16.COMPUTE_OPS and not kept & {n.name, n.op_type}
+            )
+            return dict(sorted(counts.items())), details
+        raise AssertionError(tier.name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def audit_tier(stage: Path, tier: Tier) -> list[str]:
+    """The portability audit of the staged tier files: the same checks as ``granite-onnx verify``."""
+    problems = []
+    for path in sorted(stage.glob("*.onnx")):
+        result = audit_file(path)
+        problems += [f"{path.name}: {p}" for p in result.problems]
+        if result.ok:
+            problems += [f"{path.name}: {p}" for p in check_loads(path)]
+    prompt, decode = stage / graph_file(PROMPT_ENCODE, tier.name), stage / graph_file(DECODE_STEP, tier.name)
+    if prompt.is_file() and decode.is_file():
+        problems += check_kv_agreement(prompt, decode)
+    return problems
+
+
+def quantise_bundle(
+    bundle: Path,
+    tier_name: str,
+    options: QuantiseOptions = QuantiseOptions(),
+    progress: Callable[[str], None] | None = None,
+) -> TierReport:
+    """Write tier ``tier_name`` of the FP32 bundle at ``bundle``; returns what was measured."""
+    say = progress or (lambda _msg: None)
+    start = time.perf_counter()
+    tier = _tier(tier_name)
+    fp32 = Bundle.open(bundle)
+    bundle = fp32.folder
+    check_output_dir(bundle)
+    if options.calibration not in static.METHODS:
+        raise GraniteOnnxError(
+            f"unknown calibration {options.calibration!r}: choose from {', '.join(static.METHODS)}"
+        )
+    sources = {g: fp32.path(g) for g in tier.graphs}
+    excluded = expand_exclude(options.exclude, sources)
+    if tier.needs_clips and options.clips is None:
+        raise GraniteOnnxError(f"tier {tier.name} calibrates on real audio: pass --clips DIR")
+    stage = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.quantise-{tier.name}-", dir=bundle.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.calibration-", dir=bundle.parent))
+    try:
+        calib: CalibrationSet | None = None
+        if tier.needs_clips:
+            say(f"running the calibration clips of {options.clips} through the FP32 bundle")
+            calib = collect(
+                bundle,
+                Path(options.clips),
+                scratch,
+                options.decode_steps,
+                options.decode_stride,
+                options.threads,
+            )
+        graphs = []
+        for name, src in sources.items():
+            say(f"{tier.name}: quantising {src.name}")
+            t0 = time.perf_counter()
+            dst = stage / graph_file(name, tier.name)
+            counts, details = _write_graph(tier, src, dst, excluded[name], calib, options)
+            graphs.append(
+                GraphQuantisation(
+                    graph=name,
+                    source=src.name,
+                    file=dst.name,
+                    quantised=counts,
+                    excluded=tuple(excluded[name]) + tuple(details.get("kept_fp32_by_range", {})),
+                    op_count_changes=count_changes(op_counts(src), op_counts(dst)),
+                    bytes_before=graph_bytes(src),
+                    bytes_after=graph_bytes(dst),
+                    seconds=round(time.perf_counter() - t0, 3),
+                    details=details,
+                )
+            )
+        say(f"{tier.name}: portability audit")
+        problems = audit_tier(stage, tier)
+        if problems:
+            raise QuantiseError(f"tier {tier.name} fails the portability audit: {problems[0]}")
+        report = TierReport(
+            tier=tier.name,
+            method=tier.method,
+            graphs=tuple(graphs),
+            fp32_graphs=tuple(g for g in GRAPH_NAMES if g not in tier.graphs),
+            options=options.to_json(),
+            seconds=round(time.perf_counter() - start, 3),
+            peak_rss_mib=peak_rss_mib(),
+        )
+        report.write(stage)
+        merge_into(bundle, stage)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return report

@@ -1,0 +1,148 @@
+"""``int8w``: true weight-only INT8, written on the ``onnx`` API.
+
+Each FP32 weight of a ``MatMul`` (its right-hand input) or of an embedding ``Gather`` (its data
+input) becomes an int8 initializer with one float scale per output channel, feeding a standard
+``DequantizeLinear``; activations stay FP32. onnxruntime has no option that does this at opset 20:
+its MatMulNBits path emits ``com.microsoft`` ops or raises the opset to 21, and its 8-bit QDQ
+weight-only mode quantises nothing. The formula (symmetric, zero point 0, round half to even as
+``QuantizeLinear`` does)::
+
+    scale[c] = max |W[..c..]| / 127      (1.0 where a channel is all zeros)
+    q        = clip(rint(W / scale), -127, 127)        W ~= q * scale
+
+Weights are read one at a time from the source sidecar; only the int8 copies are held in memory
+until the single new sidecar is streamed out.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+QMAX = 127
+SUFFIX = "_int8w"
+
+
+@dataclass(frozen=True)
+class QuantisedWeight:
+    name: str
+    shape: tuple[int, ...]
+    axis: int
+    max_abs_error: float  # |W - q * scale|, at most scale / 2 by construction
+    max_abs: float
+
+
+def channel_scales(weight: np.ndarray, axis: int) -> np.ndarray:
+    """One scale per index along ``axis``: the channel's largest magnitude over 127."""
+    reduce = tuple(i for i in range(weight.ndim) if i != axis)
+    peak = np.max(np.abs(weight), axis=reduce).astype(np.float32)
+    return np.where(peak > 0, peak / QMAX, np.float32(1.0)).astype(np.float32)
+
+
+def quantise_weight(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """int8 values and per-channel float32 scales of ``weight`` (symmetric, zero point 0)."""
+    scale = channel_scales(weight, axis)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    q = np.clip(np.rint(weight / scale.reshape(shape)), -QMAX, QMAX).astype(np.int8)
+    return q, scale
+
+
+def dequantise(q: np.ndarray, scale: np.ndarray, axis: int) -> np.ndarray:
+    """What ``DequantizeLinear(q, scale, 0, axis)`` computes."""
+    shape = [1] * q.ndim
+    shape[axis] = -1
+    return q.astype(np.float32) * scale.reshape(shape)
+
+
+def _targets(model: onnx.ModelProto, excluded: set[str]) -> dict[str, int]:
+    """Weight initializer -> channel axis, for every MatMul / Gather that reads a 2-D FP32 initializer.
+
+    A weight also read by any other node (or an excluded one) is left in FP32 for all of them: one
+    stored copy, never both.
+    """
+    inits = {i.name: i for i in model.graph.initializer}
+    wanted: dict[str, int] = {}
+    blocked: set[str] = set()
+    for node in model.graph.node:
+        slot = {"MatMul": 1, "Gather": 0}.get(node.op_type)
+        for i, name in enumerate(node.input):
+            if name not in inits:
+                continue
+            init = inits[name]
+            ok = (
+                i == slot
+                and node.name not in excluded
+                and init.data_type == onnx.TensorProto.FLOAT
+                and len(init.dims) == 2
+            )
+            if node.op_type == "Gather":
+                ok = ok and next((a.i for a in node.attribute if a.name == "axis"), 0) == 0
+            axis = 1 if node.op_type == "MatMul" else 0  # output columns of W[K, N]; rows of a table
+            if not ok or wanted.get(name, axis) != axis:
+                blocked.add(name)
+            else:
+                wanted[name] = axis
+    outputs = {o.name for o in model.graph.output}
+    return {n: a for n, a in wanted.items() if n not in blocked and n not in outputs}
+
+
+def quantise_model(
+    model: onnx.ModelProto, base: Path, excluded: set[str]
+) -> tuple[dict[str, int], list[QuantisedWeight]]:
+    """Rewrite ``model`` (loaded without its weights; they live under ``base``) in place.
+
+    Returns the quantised node count by op type and one record per weight.
+    """
+    targets = _targets(model, excluded)
+    graph = model.graph
+    keep, records, new_inits = [], [], []
+    for init in graph.initializer:
+        if init.name not in targets:
+            keep.append(init)
+            continue
+        axis = targets[init.name]
+        weight = numpy_helper.to_array(init, str(base))
+        q, scale = quantise_weight(weight, axis)
+        error = float(np.max(np.abs(weight - dequantise(q, scale, axis)))) if weight.size else 0.0
+        records.append(
+            QuantisedWeight(init.name, tuple(weight.shape), axis, error, float(np.max(np.abs(weight))))
+        )
+        new_inits += [
+            numpy_helper.from_array(q, init.name + SUFFIX),
+            numpy_helper.from_array(scale, init.name + SUFFIX + "_scale"),
+            numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), init.name + SUFFIX + "_zero_point"),
+        ]
+        del weight
+    dq_nodes = [
+        helper.make_node(
+            "DequantizeLinear",
+            [name + SUFFIX, name + SUFFIX + "_scale", name + SUFFIX + "_zero_point"],
+            [name + "_dequantized"],
+            axis=axis,
+            name=f"/int8w/DequantizeLinear_{name}",
+        )
+        for name, axis in targets.items()
+    ]
+    counts: Counter[str] = Counter()
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in targets:
+                node.input[i] = name + "_dequantized"
+                counts[node.op_type] += 1
+    del graph.initializer[:]
+    graph.initializer.extend(keep + new_inits)
+    for node in reversed(dq_nodes):
+        graph.node.insert(0, node)
+    return dict(sorted(counts.items())), records
+
+
+def matched_nodes(model: onnx.ModelProto) -> set[str]:
+    """Names of the nodes this tier would quantise with nothing excluded (for ``--exclude`` checks)."""
+    targets = _targets(model, set())
+    return {n.name for n in model.graph.node if any(i in targets for i in n.input)}
