@@ -14,7 +14,7 @@ SOURCE := $(if $(MODEL_DIR),--model-dir $(MODEL_DIR),--model $(MODEL))
 # Quantised tiers written by `make quantise` (int8 dynamic, int8w weight-only, int8s static, fp16 encoder).
 TIERS ?= int8 int8w int8s fp16
 
-.PHONY: all setup export quantise parity metadata transcribe bundle publish regenerate expected test lint bench bench-export-full clean
+.PHONY: all setup export quantise verify parity metadata transcribe bundle publish regenerate expected test lint bench bench-export-full bench-quantise-full clean
 
 all: export quantise parity metadata transcribe
 
@@ -35,6 +35,9 @@ export: setup
 
 quantise: setup
 	$(CLI) quantise --bundle $(BUNDLE) $(addprefix --tier ,$(TIERS)) --clips clips
+
+verify: setup
+	$(CLI) verify --bundle $(BUNDLE)
 
 parity: setup
 	$(CLI) parity --bundle $(BUNDLE) $(SOURCE) --clips clips
@@ -72,6 +75,11 @@ bench: setup
 FULL_CONFIG ?= ../shared/configs/granite-speech-4.1-2b.json
 bench-export-full: setup
 	$(PY) bench/export_full.py --config $(FULL_CONFIG) --work /tmp/granite-full
+
+# Full-size quantisation of every tier, then decode_step and encoder speed per tier vs FP32, side by side
+# (builds the full-size bundle with bench/export_full.py first if /tmp/granite-full has none): about an hour.
+bench-quantise-full: setup
+	$(PY) bench/quantise_full.py --config $(FULL_CONFIG) --work /tmp/granite-full --clips clips
 
 clean:
 	rm -rf out .pytest_cache

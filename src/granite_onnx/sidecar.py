@@ -47,6 +47,15 @@ def _inline_bytes(tensor: onnx.TensorProto) -> bytes:
     return tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
 
 
+def _to_raw(tensor: onnx.TensorProto, raw: bytes) -> None:
+    """Store a small inline tensor as raw_data, whichever typed field it came in: one spelling per value,
+    so the same weights give the same bytes whichever tool made the tensor."""
+    if tensor.data_type == onnx.TensorProto.STRING or tensor.HasField("raw_data"):
+        return
+    _clear_data(tensor)
+    tensor.raw_data = raw
+
+
 def _clear_data(tensor: onnx.TensorProto) -> None:
     for field in (
         "float_data",
@@ -120,13 +129,14 @@ def write_with_sidecar(model: onnx.ModelProto, base: Path, dst: Path) -> Path:
                         raw = f.read(length)
                     _clear_data(tensor)
                     del tensor.external_data[:]
-                    tensor.data_location = onnx.TensorProto.DEFAULT
+                    tensor.ClearField("data_location")
                     tensor.raw_data = raw
                     continue
                 write = lambda o, p=path, s=offset, n=length: _copy_range(p, s, n, o)  # noqa: E731
             else:
                 raw = _inline_bytes(tensor)
                 if len(raw) <= INLINE_LIMIT:
+                    _to_raw(tensor, raw)
                     continue
                 length = len(raw)
                 write = lambda o, r=raw: o.write(r)  # noqa: E731

@@ -31,7 +31,7 @@ class FeedStore(Sequence):
     """
 
     def __init__(self, folder: Path, name: str):
-        self.folder, self.name, self._count = Path(folder), name, 0
+        self.folder, self.name, self._count = Path(folder).resolve(), name, 0  # cwd may change
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def append(self, feeds: Feeds) -> None:

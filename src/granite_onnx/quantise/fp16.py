@@ -13,17 +13,16 @@ and why, is decided here and written to the tier report:
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx.external_data_helper import load_external_data_for_model
-from onnxruntime.quantization import CalibrationMethod, create_calibrator
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-from .calibration import FeedReader, Feeds
+from .calibration import Feeds
+from .static import calibrate
 
 FP16_MAX = 65504.0
 # Arithmetic worth counting as "converted" in the report (shape plumbing and constants are not).
@@ -42,23 +41,14 @@ KEEP_OP_TYPES = (
 )
 
 
-def activation_ranges(src: Path, feeds: Sequence[Feeds]) -> dict[str, float]:
-    """Largest |value| of every float tensor of the FP32 graph over ``feeds`` (MinMax calibration)."""
-    with tempfile.TemporaryDirectory(prefix="granite-fp16-ranges-") as tmp:
-        calibrator = create_calibrator(
-            str(src),
-            op_types_to_calibrate=None,
-            augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-            calibrate_method=CalibrationMethod.MinMax,
-            use_external_data_format=True,
-        )
-        calibrator.collect_data(FeedReader(feeds))
-        ranges = calibrator.compute_data()
-        out = {}
-        for name, value in ranges.data.items():
-            low, high = value.range_value
-            out[name] = float(max(abs(float(np.asarray(low).min())), abs(float(np.asarray(high).max()))))
-        del calibrator
+def activation_ranges(src: Path, feeds: Sequence[Feeds], work: Path) -> dict[str, float]:
+    """Largest |value| of every float tensor of the FP32 graph over ``feeds`` (MinMax calibration,
+    weights memory-mapped: see :func:`.static.calibrate`)."""
+    ranges = calibrate(src, feeds, "minmax", work, op_types=None)
+    out = {}
+    for name, value in ranges.data.items():
+        low, high = value.range_value
+        out[name] = float(max(abs(float(np.asarray(low).min())), abs(float(np.asarray(high).max()))))
     return out
 
 
@@ -91,9 +81,9 @@ def topological_sort(graph: onnx.GraphProto) -> None:
     graph.node.extend(ordered)
 
 
-def convert(src: Path, feeds: Sequence[Feeds], excluded: list[str], headroom: float) -> tuple:
+def convert(src: Path, feeds: Sequence[Feeds], excluded: list[str], headroom: float, work: Path) -> tuple:
     """The FP16 model (weights in memory) and a description of what stayed FP32 and why."""
-    ranges = activation_ranges(src, feeds)
+    ranges = activation_ranges(Path(src).resolve(), feeds, Path(work).resolve())
     model = onnx.shape_inference.infer_shapes(onnx.load(str(src), load_external_data=False))
     limit = FP16_MAX / headroom
     hot = nodes_over(model, ranges, limit)

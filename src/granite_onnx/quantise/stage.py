@@ -23,7 +23,7 @@ import onnx
 from ..audit import audit_file, check_kv_agreement, check_loads
 from ..errors import GraniteOnnxError
 from ..runtime.bundle import Bundle, graph_file
-from ..sidecar import rewrite_with_sidecar, write_with_sidecar
+from ..sidecar import write_with_sidecar
 from ..specs import DECODE_STEP, GRAPH_NAMES, PROMPT_ENCODE
 from ..staging import check_output_dir, merge_into
 from . import dynamic, fp16, static, weight_only
@@ -104,13 +104,11 @@ def _write_graph(tier: Tier, src: Path, dst: Path, excluded: list[str], calib, o
     scratch = Path(tempfile.mkdtemp(prefix="raw-", dir=dst.parent))
     try:
         if tier.name == "int8":
-            settings = dynamic.quantise_file(src, scratch / src.name, excluded)
-            rewrite_with_sidecar(scratch / src.name, dst)
+            settings = dynamic.quantise_streaming(src, dst, excluded)
             return quantised_nodes(dst), {"settings": settings}
         if tier.name == "int8s":
             feeds = calib.feeds[src.stem]
-            settings = static.quantise_file(src, scratch / src.name, feeds, options.calibration, excluded)
-            rewrite_with_sidecar(scratch / src.name, dst)
+            settings = static.quantise_streaming(src, dst, feeds, options.calibration, excluded, scratch)
             return quantised_nodes(dst), {"settings": settings, "calibration": calib.summary()}
         if tier.name == "int8w":
             model = onnx.load(str(src), load_external_data=False)
@@ -126,7 +124,9 @@ def _write_graph(tier: Tier, src: Path, dst: Path, excluded: list[str], calib, o
             }
             return counts, details
         if tier.name == "fp16":
-            model, details = fp16.convert(src, calib.feeds[src.stem], excluded, options.fp16_headroom)
+            model, details = fp16.convert(
+                src, calib.feeds[src.stem], excluded, options.fp16_headroom, scratch
+            )
             write_with_sidecar(model, scratch, dst)
             kept = set(details["kept_fp32_by_range"]) | set(excluded) | set(details["kept_fp32_op_types"])
             source = onnx.load(str(src), load_external_data=False).graph.node
@@ -163,7 +163,7 @@ def quantise_bundle(
     say = progress or (lambda _msg: None)
     start = time.perf_counter()
     tier = _tier(tier_name)
-    fp32 = Bundle.open(bundle)
+    fp32 = Bundle.open(Path(bundle).resolve())  # absolute: onnxruntime's quantisers run in the graph's folder
     bundle = fp32.folder
     check_output_dir(bundle)
     if options.calibration not in static.METHODS:
@@ -175,7 +175,7 @@ def quantise_bundle(
     if tier.needs_clips and options.clips is None:
         raise GraniteOnnxError(f"tier {tier.name} calibrates on real audio: pass --clips DIR")
     stage = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.quantise-{tier.name}-", dir=bundle.parent))
-    scratch = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.calibration-", dir=bundle.parent))
+    scratch = stage / ".calibration"  # calibration feeds; removed before the merge
     try:
         calib: CalibrationSet | None = None
         if tier.needs_clips:
@@ -222,10 +222,9 @@ def quantise_bundle(
             peak_rss_mib=peak_rss_mib(),
         )
         report.write(stage)
+        shutil.rmtree(scratch, ignore_errors=True)
         merge_into(bundle, stage)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return report
