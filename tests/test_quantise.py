@@ -214,18 +214,18 @@ def test_unknown_tier_and_missing_bundle_are_one_line_errors(tmp_path):
 
 
 def test_a_tier_that_fails_the_audit_is_never_merged(quantised_bundle, tmp_path, monkeypatch):
-    from granite_onnx.quantise import dynamic
+    from granite_onnx.quantise import lazy
 
     bundle = tmp_path / "b"
     shutil.copytree(quantised_bundle, bundle)
     before = snapshot(bundle)
-    real = dynamic.write_with_sidecar
+    real = lazy.write_with_sidecar
 
     def foreign(model, base, dst):  # what onnxruntime's MatMulNBits path would produce: a com.microsoft op
         model.graph.node[0].domain = "com.microsoft"
         return real(model, base, dst)
 
-    monkeypatch.setattr(dynamic, "write_with_sidecar", foreign)
+    monkeypatch.setattr(lazy, "write_with_sidecar", foreign)
     with pytest.raises(QuantiseError, match="com.microsoft"):
         quantise_bundle(bundle, "int8", QuantiseOptions())
     assert snapshot(bundle) == before
@@ -456,3 +456,46 @@ def test_streamed_int8s_matches_quantize_static(tiny_bundle, tmp_path, graph):
             assert np.abs(b[name].astype(int) - value.astype(int)).max() <= 1, name
         else:
             np.testing.assert_array_equal(b[name], value, err_msg=name)
+
+
+def test_a_quantise_killed_with_sigterm_leaves_the_bundle_and_no_staging(quantised_bundle, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    bundle = tmp_path / "b"
+    shutil.copytree(quantised_bundle, bundle)
+    before = snapshot(bundle)
+    cmd = [sys.executable, "-m", "granite_onnx.cli", "quantise", "--bundle", str(bundle), "--tier", "int8s"]
+    proc = subprocess.Popen([*cmd, "--clips", str(CLIPS)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".b.quantise-*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert proc.poll() is None, "quantise ended before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert snapshot(bundle) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]
+
+
+def test_verify_fails_a_tier_graph_with_a_com_microsoft_node_or_a_second_sidecar(quantised_bundle, tmp_path):
+    from onnx import helper
+
+    bundle = tmp_path / "b"
+    shutil.copytree(quantised_bundle, bundle)
+    path = bundle / "decode_step_int8s.onnx"
+    model = load(path)
+    model.graph.node.append(helper.make_node("MatMulNBits", ["logits"], ["x"], domain="com.microsoft"))
+    tensor = next(i for i in model.graph.initializer if i.external_data)
+    next(e for e in tensor.external_data if e.key == "location").value = "second.onnx_data"
+    shutil.copyfile(bundle / "decode_step_int8s.onnx_data", bundle / "second.onnx_data")
+    path.write_bytes(model.SerializeToString())
+    result = run("verify", "--bundle", str(bundle))
+    assert result.exit_code == 1
+    line = next(
+        ln for ln in result.output.splitlines() if "decode_step_int8s.onnx " in ln and "contract" in ln
+    )
+    assert line.startswith("FAIL") and "com.microsoft" in line and "second.onnx_data" in line
+    others = [ln for ln in result.output.splitlines() if "int8w" in ln or "fp16" in ln]
+    assert others and all(ln.startswith("PASS") for ln in others)

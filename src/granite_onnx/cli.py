@@ -7,6 +7,7 @@ transformers are imported only by the commands that need them, so ``transcribe``
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -330,7 +331,14 @@ def expect(bundle: Path, expected: Path, update: bool) -> None:
     click.echo(f"{bundle} matches {expected}: {len(actual['sha256'])} artefacts, parity results identical")
 
 
+def _terminate(signum, frame) -> None:
+    """SIGTERM (a job scheduler, ``kill``) unwinds like Ctrl-C: staging folders are removed and the
+    previous bundle stays as it was, instead of the process dying with its temporary files in place."""
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     cli(prog_name="granite-onnx")
 
 

@@ -15,10 +15,9 @@ from pathlib import Path
 
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
-from onnxruntime.quantization.quant_utils import QuantizationMode, update_opset_version
+from onnxruntime.quantization.quant_utils import QuantizationMode
 
-from ..sidecar import write_with_sidecar
-from .lazy import load_without_weights, weights_read_on_demand
+from .lazy import run_quantiser
 
 OP_TYPES = ("MatMul", "Conv")
 EXTRA_OPTIONS = {"MatMulConstBOnly": True}
@@ -50,25 +49,12 @@ def quantise_file(src: Path, raw_out: Path, excluded: list[str]) -> dict:
 
 def quantise_streaming(src: Path, dst: Path, excluded: list[str]) -> dict:
     """Quantise ``src`` into ``dst`` + one sidecar, never holding more than one FP32 weight at a time."""
-    src, dst = Path(src).resolve(), Path(dst).resolve()
-    model = load_without_weights(src)
-    model = update_opset_version(model, QuantType.QInt8)
-    with weights_read_on_demand(src.parent):
-        quantizer = ONNXQuantizer(
-            model,
-            True,  # per_channel
-            False,  # reduce_range
-            QuantizationMode.IntegerOps,
-            False,  # static
-            QuantType.QInt8,
-            QuantType.QUInt8,
-            None,  # tensors_range
-            [],  # nodes_to_quantize: all
-            list(excluded),
-            list(OP_TYPES),
-            dict(EXTRA_OPTIONS),
-        )
-        quantizer.quantize_model()
-    quantizer.model.topological_sort()  # as quantize_dynamic's save does
-    write_with_sidecar(quantizer.model.model, src.parent, dst)
+    args = (True, False, QuantizationMode.IntegerOps, False, QuantType.QInt8, QuantType.QUInt8, None, [])
+    # per_channel, reduce_range, mode, static, weight and activation types, tensors_range, nodes_to_quantize
+    run_quantiser(
+        src,
+        dst,
+        lambda model: ONNXQuantizer(model, *args, list(excluded), list(OP_TYPES), dict(EXTRA_OPTIONS)),
+        QuantType.QInt8,
+    )
     return dict(SETTINGS)

@@ -13,13 +13,16 @@ functions on the tiny model.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import onnx
-from onnxruntime.quantization import base_quantizer, calibrate, onnx_quantizer
-from onnxruntime.quantization.quant_utils import add_infer_metadata
+from onnxruntime.quantization import QuantType, base_quantizer, calibrate, onnx_quantizer
+from onnxruntime.quantization.quant_utils import add_infer_metadata, update_opset_version
+
+from ..sidecar import write_with_sidecar
 
 
 def infer_without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -43,3 +46,22 @@ def weights_read_on_demand(folder: Path) -> Iterator[None]:
         mock.patch.object(calibrate, "load_model_with_shape_infer", load_without_weights),
     ):
         yield
+
+
+def run_quantiser(
+    src: Path,
+    dst: Path,
+    build: Callable[[onnx.ModelProto], Any],
+    weight_type: QuantType,
+    activation_type: QuantType | None = None,
+) -> None:
+    """Build an onnxruntime quantiser on the weightless graph of ``src``, run it with weights read on
+    demand, and stream its result into ``dst`` + one sidecar (what the public functions do, minus the
+    whole-model load and the whole-model save)."""
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    model = update_opset_version(load_without_weights(src), weight_type, activation_type)
+    with weights_read_on_demand(src.parent):
+        quantizer = build(model)
+        quantizer.quantize_model()
+    quantizer.model.topological_sort()  # as the public functions' save does
+    write_with_sidecar(quantizer.model.model, src.parent, dst)

@@ -25,11 +25,10 @@ import onnxruntime as ort
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.calibrate import CalibraterBase, TensorsData, create_calibrator
 from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
-from onnxruntime.quantization.quant_utils import update_opset_version
 
-from ..sidecar import sidecar_name, write_with_sidecar
+from ..sidecar import sidecar_name
 from .calibration import FeedReader, Feeds
-from .lazy import load_without_weights, weights_read_on_demand
+from .lazy import run_quantiser, weights_read_on_demand
 
 OP_TYPES = ("MatMul", "Conv")
 METHODS = {
@@ -151,21 +150,15 @@ def quantise_streaming(
     """Calibrate on ``feeds`` and write the QDQ graph at ``dst`` + one sidecar (``work``: scratch space)."""
     src, dst = Path(src).resolve(), Path(dst).resolve()
     ranges = calibrate(src, feeds, method, Path(work).resolve())
-    model = update_opset_version(load_without_weights(src), QuantType.QInt8, QuantType.QUInt8)
-    with weights_read_on_demand(src.parent):
-        quantizer = QDQQuantizer(
-            model,
-            True,  # per_channel
-            False,  # reduce_range
-            QuantType.QInt8,
-            QuantType.QUInt8,
-            ranges,
-            [],  # nodes_to_quantize: all
-            _excluded(src, excluded),
-            list(OP_TYPES),
-            dict(EXTRA_OPTIONS),
-        )
-        quantizer.quantize_model()
-    quantizer.model.topological_sort()  # as quantize_static's save does
-    write_with_sidecar(quantizer.model.model, src.parent, dst)
+    args = (True, False, QuantType.QInt8, QuantType.QUInt8, ranges, [])
+    # per_channel, reduce_range, weight and activation types, tensors_range, nodes_to_quantize (all)
+    run_quantiser(
+        src,
+        dst,
+        lambda model: QDQQuantizer(
+            model, *args, _excluded(src, excluded), list(OP_TYPES), dict(EXTRA_OPTIONS)
+        ),
+        QuantType.QInt8,
+        QuantType.QUInt8,
+    )
     return settings(src, len(feeds), method)
