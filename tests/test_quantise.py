@@ -499,3 +499,13 @@ def test_verify_fails_a_tier_graph_with_a_com_microsoft_node_or_a_second_sidecar
     assert line.startswith("FAIL") and "com.microsoft" in line and "second.onnx_data" in line
     others = [ln for ln in result.output.splitlines() if "int8w" in ln or "fp16" in ln]
     assert others and all(ln.startswith("PASS") for ln in others)
+
+
+def test_encoder_only_calibration_runs_no_llm_graph(tiny_bundle, tmp_path):
+    """The fp16 tier needs the encoder's inputs only (the log-mel): no LLM session is opened for it."""
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    for name in ("prompt_encode.onnx", "decode_step.onnx"):
+        (bundle / name).write_bytes(b"not a graph")
+    calib = collect(bundle, CLIPS, tmp_path / "feeds", graphs=("encoder",))
+    assert set(calib.feeds) == {"encoder"} and len(calib.feeds["encoder"]) == 5 and calib.decode_steps == ()

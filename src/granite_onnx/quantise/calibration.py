@@ -16,6 +16,7 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from ..parity.clips import load_clips
 from ..runtime.audio import load_audio
+from ..runtime.bundle import Bundle
 from ..runtime.features import audio_token_count, log_mel
 from ..runtime.pipeline import SpeechPipeline
 from ..specs import DECODE_STEP, ENCODER, PROMPT_ENCODE
@@ -73,27 +74,37 @@ def collect(
     decode_steps: int = 16,
     decode_stride: int = 4,
     threads: int | None = None,
+    graphs: tuple[str, ...] = (ENCODER, PROMPT_ENCODE, DECODE_STEP),
 ) -> CalibrationSet:
-    """Run every clip of ``clips_dir`` through the FP32 bundle and store each graph's inputs in ``scratch``.
+    """Run every clip of ``clips_dir`` through the FP32 bundle and store the inputs of ``graphs`` in
+    ``scratch`` (only what they need runs: the encoder's inputs are the log-mel alone).
 
     decode_step gets every ``decode_stride``-th of the first ``decode_steps * decode_stride`` greedy
     steps of each clip: activations grow as the cache fills, and ranges taken from the first few
     steps only clip later ones (measured on the tiny model: 4 steps per clip made int8s diverge at
     confident steps; 16 spread over 64 did not).
     """
-    pipe = SpeechPipeline(bundle, threads=threads, prepack=False)  # weights stay memory-mapped
-    stores = {g: FeedStore(scratch, g) for g in (ENCODER, PROMPT_ENCODE, DECODE_STEP)}
+    fp32 = Bundle.open(bundle)
+    llm = bool({PROMPT_ENCODE, DECODE_STEP} & set(graphs))
+    pipe = SpeechPipeline(bundle, threads=threads, prepack=False) if llm else None  # weights memory-mapped
+    stores = {g: FeedStore(scratch, g) for g in graphs}
     clips = load_clips(clips_dir)
-    kept = tuple(range(0, decode_steps * decode_stride, decode_stride))
+    kept = tuple(range(0, decode_steps * decode_stride, decode_stride)) if DECODE_STEP in graphs else ()
     for clip in clips:
-        audio = load_audio(clip.path, pipe.bundle.features.sampling_rate)
-        features = log_mel(audio, pipe.bundle.features)[None]
-        stores[ENCODER].append({"input_features": features})
+        audio = load_audio(clip.path, fp32.features.sampling_rate)
+        features = log_mel(audio, fp32.features)[None]
+        if ENCODER in stores:
+            stores[ENCODER].append({"input_features": features})
+        if pipe is None:
+            continue
         embeds = pipe.audio_embeds(features)
-        input_ids = pipe.prompt_ids(audio_token_count(len(audio), pipe.bundle.features))
-        stores[PROMPT_ENCODE].append(pipe.prompt_feeds(input_ids, embeds))
+        input_ids = pipe.prompt_ids(audio_token_count(len(audio), fp32.features))
+        if PROMPT_ENCODE in stores:
+            stores[PROMPT_ENCODE].append(pipe.prompt_feeds(input_ids, embeds))
+        if not kept:
+            continue
         logits, kv = pipe.prompt(input_ids, embeds)
-        for step in range(kept[-1] + 1 if kept else 0):
+        for step in range(kept[-1] + 1):
             token = np.asarray([[int(np.argmax(logits[0]))]], np.int64)
             if step in kept:
                 stores[DECODE_STEP].append(pipe.step_feeds(token, kv))

@@ -86,10 +86,13 @@ def quantised_nodes(path: Path) -> dict[str, int]:
     """Nodes that now compute in integer form, by the op type they had in FP32.
 
     MatMulInteger / ConvInteger (dynamic) count as MatMul / Conv; a MatMul, Conv or Gather whose
-    weight comes from a DequantizeLinear (QDQ and weight-only) counts as itself.
+    weight comes from a DequantizeLinear (QDQ and weight-only) or is itself an integer table (dynamic
+    Gather) counts as itself.
     """
     graph = onnx.load(str(path), load_external_data=False).graph
     dq_outputs = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    integer = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    dq_outputs |= {i.name for i in graph.initializer if i.data_type in integer}  # a Gather over an int8 table
     counts: Counter[str] = Counter()
     for node in graph.node:
         if node.op_type in ("MatMulInteger", "ConvInteger"):
@@ -187,6 +190,7 @@ def quantise_bundle(
                 options.decode_steps,
                 options.decode_stride,
                 options.threads,
+                tier.graphs,
             )
         graphs = []
         for name, src in sources.items():

@@ -94,9 +94,13 @@ def quantise_file(src: Path, raw_out: Path, feeds: Sequence[Feeds], method: str,
 
 
 def _session_with_mapped_weights(self) -> None:
-    """The calibrator's session, as onnxruntime makes it, but without per-session weight copies."""
+    """The calibrator's session, as onnxruntime makes it, but without per-session weight copies and
+    in priority order: the calibrator appends a ReduceMin/ReduceMax pair for every tensor at the end of
+    the graph, and in the default order every activation then stays alive until they run (measured on
+    the full-size encoder and a 52 s clip: 17.1 GiB of anonymous memory; priority order: 0.4 GiB)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     options.add_session_config_entry("session.disable_prepacking", "1")
     self.infer_session = ort.InferenceSession(
         self.augmented_model_path, sess_options=options, providers=self.execution_providers
