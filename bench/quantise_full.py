@@ -182,7 +182,9 @@ def complete_bundle(bundle: Path, checkpoint: Path) -> None:
 # --- measurements (each in its own child) -------------------------------------------------------------
 
 
-def time_decode(bundle: Path, tier: str | None, threads: int, tokens: int, past: int) -> dict:
+def time_decode(
+    bundle: Path, tier: str | None, threads: int, tokens: int, past: int, outputs: Path | None = None
+) -> dict:
     """Median ms of one decode_step over a fixed-seed random past of ``past`` positions, presents fed back."""
     from granite_onnx.runtime.bundle import Bundle
     from granite_onnx.runtime.sessions import open_session
@@ -206,6 +208,8 @@ def time_decode(bundle: Path, tier: str | None, threads: int, tokens: int, past:
         }
         t0 = time.perf_counter()
         logits, *kv = session.run(spec.output_names, feeds)
+        if step == 0 and outputs is not None:  # same feeds for every tier: comparable with FP32's
+            np.save(outputs / f"{DECODE_STEP}-{tier or FP32}.npy", logits)
         if step >= DECODE_WARMUP:
             times.append((time.perf_counter() - t0) * 1e3)
         token = int(np.argmax(logits[0]))
@@ -220,7 +224,9 @@ def time_decode(bundle: Path, tier: str | None, threads: int, tokens: int, past:
     }
 
 
-def time_encoder(bundle: Path, tier: str | None, threads: int, clip: Path) -> dict:
+def time_encoder(
+    bundle: Path, tier: str | None, threads: int, clip: Path, outputs: Path | None = None
+) -> dict:
     """Best of two encoder runs on ``clip``'s log-mel, the audio tiled or cut to 30 s."""
     from granite_onnx.runtime.audio import load_audio
     from granite_onnx.runtime.bundle import Bundle
@@ -239,6 +245,8 @@ def time_encoder(bundle: Path, tier: str | None, threads: int, clip: Path) -> di
         t0 = time.perf_counter()
         embeds = session.run(None, {"input_features": features})[0]
         runs.append(time.perf_counter() - t0)
+    if outputs is not None:
+        np.save(outputs / f"{ENCODER}-{tier or FP32}.npy", embeds)
     return {
         "file": b.path(ENCODER).name,
         "seconds": round(min(runs), 4),
@@ -253,10 +261,12 @@ def time_encoder(bundle: Path, tier: str | None, threads: int, clip: Path) -> di
 def child_main(args: argparse.Namespace) -> None:
     graph, tier = args.child
     tier = None if tier == FP32 else tier
+    outputs = args.work / "outputs"
+    outputs.mkdir(parents=True, exist_ok=True)
     if graph == DECODE_STEP:
-        result = time_decode(args.bundle, tier, args.threads, args.tokens, args.past)
+        result = time_decode(args.bundle, tier, args.threads, args.tokens, args.past, outputs)
     else:
-        result = time_encoder(args.bundle, tier, args.threads, args.clips / ENCODER_CLIP)
+        result = time_encoder(args.bundle, tier, args.threads, args.clips / ENCODER_CLIP, outputs)
     print(json.dumps(result))
 
 
@@ -309,7 +319,7 @@ def quantise_tier(args: argparse.Namespace, tier: str) -> dict:
 def time_graph(args: argparse.Namespace, graph: str, tier: str | None) -> dict:
     cmd = [sys.executable, __file__, "--child", graph, tier or FP32, "--bundle", str(args.bundle)]
     cmd += ["--threads", str(args.threads), "--tokens", str(args.tokens), "--past", str(args.past)]
-    cmd += ["--clips", str(args.clips)]
+    cmd += ["--clips", str(args.clips), "--work", str(args.work)]
     child = run_child(cmd)
     if not child.ok:
         return {"status": "failed", "peak_rss_mib": child.peak_rss_mib, **child.failure()}
@@ -320,6 +330,19 @@ def progress(tier: str, graph: str, doc: dict) -> None:
     """One JSON line per timed session as it finishes (without the stderr of a failure)."""
     brief = {k: v for k, v in doc.items() if k != "stderr_tail"}
     print(json.dumps({"tier": tier, "graph": graph, **brief}), flush=True)
+
+
+def error_vs_fp32(outputs: Path, graph: str, tier: str) -> dict:
+    """Max and mean |tier - FP32| of the graph's timed output (encoder embeddings on the 30 s clip;
+    decode_step logits of the first step over the seeded past), and whether the logits' argmax agrees."""
+    want, got = outputs / f"{graph}-{FP32}.npy", outputs / f"{graph}-{tier}.npy"
+    if not (want.is_file() and got.is_file()):
+        return {}
+    a, b = np.load(want), np.load(got)
+    doc = {"max_abs_error": float(np.abs(a - b).max()), "mean_abs_error": float(np.abs(a - b).mean())}
+    if graph == DECODE_STEP:
+        doc["argmax_agrees"] = bool((a.argmax(-1) == b.argmax(-1)).all())
+    return doc
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -358,6 +381,7 @@ def measure(args: argparse.Namespace, fp32_sizes: dict[str, dict]) -> dict:
                 continue
             doc[graph] = time_graph(args, graph, tier)
             doc[graph]["x_fp32"] = ratio(doc[graph].get(key), fp32[graph].get(key))
+            doc[graph].update(error_vs_fp32(args.work / "outputs", graph, tier))
             progress(tier, graph, doc[graph])
     return {"fp32": fp32, "tiers": tiers}
 
@@ -400,6 +424,7 @@ COLUMNS = (  # title, width, alignment
     ("encoder s", 9, ">"),
     ("x FP32", 6, ">"),
     ("run RSS GiB", 11, ">"),
+    ("max |x-FP32|", 12, ">"),
 )
 
 
@@ -425,9 +450,9 @@ def gib(mib: float | None) -> float | None:
 
 
 def timed_cells(graph: str, timed: dict | None) -> list[str]:
-    """decode ms/tok, x FP32, encoder s, x FP32, run RSS GiB for one graph row."""
+    """decode ms/tok, x FP32, encoder s, x FP32, run RSS GiB, max error vs FP32 for one graph row."""
     if not timed:
-        return [""] * 5
+        return [""] * 6
     status = timed.get("status")
     if status == "failed":
         value, x, rss = "FAILED", "", num(gib(timed.get("peak_rss_mib")), ".2f")
@@ -435,7 +460,11 @@ def timed_cells(graph: str, timed: dict | None) -> list[str]:
         value = num(timed.get("ms_per_token" if graph == DECODE_STEP else "seconds"), ".3f")
         x = num(timed.get("x_fp32"), ".3f")
         rss = "= FP32" if status == "same graph as FP32" else num(gib(timed.get("peak_rss_mib")), ".2f")
-    return [value, x, "", "", rss] if graph == DECODE_STEP else ["", "", value, x, rss]
+    err = num(timed.get("max_abs_error"), ".2e")
+    if timed.get("argmax_agrees") is False:
+        err += " (argmax differs)"
+    cells = [value, x, "", ""] if graph == DECODE_STEP else ["", "", value, x]
+    return [*cells, rss, err]
 
 
 def failure_lines(doc: dict | None, count: int = 5) -> list[str]:
@@ -458,7 +487,7 @@ def print_table(result: dict) -> None:
     print(header + "\n" + "-" * len(header))
     for g, info in fp32["graphs"].items():
         print(line([FP32, g, size(info["bytes"]), "1.000", "", "", *timed_cells(g, fp32.get(g))]))
-    print(line([FP32, "(bundle)", size(fp32["total_bytes"]), "1.000", *[""] * 7]))
+    print(line([FP32, "(bundle)", size(fp32["total_bytes"]), "1.000", *[""] * 8]))
     notes = [f"fp32 {g} timing failed: {ln}" for g in TIMED for ln in failure_lines(fp32.get(g))]
     for tier, doc in result["tiers"].items():
         q = doc["quantise"]
@@ -483,7 +512,7 @@ def print_table(result: dict) -> None:
             print(line(cells + timed_cells(g, doc.get(g))))
         total = [tier, "(bundle)", size(doc["total_bytes"]), num(doc["total_x_fp32"], ".3f")]
         total += [num(q.get("wall_s"), ".1f"), num(gib(q.get("peak_rss_mib")), ".2f")]
-        print(line(total + [""] * 5))
+        print(line(total + [""] * 6))
         notes += [f"{tier} {g} timing failed: {ln}" for g in TIMED for ln in failure_lines(doc.get(g))]
     print(
         "\n(bundle): every graph the tier runs, the FP32 ones it reuses included (marked =FP32); its\n"

@@ -56,15 +56,18 @@ class SpeechPipeline:
         threads: int | None = None,
         opt_level: str = "all",
         prepack: bool = True,
+        weight_only: str = "default",
     ):
         """``prepack=False`` keeps weights memory-mapped (no per-session copy): for tools that hold a
-        pipeline beside other large work, such as calibration before quantising a 2B model."""
+        pipeline beside other large work, such as calibration before quantising a 2B model.
+        ``weight_only``: how onnxruntime computes the int8w tier (see sessions.WEIGHT_ONLY_ACCURACY)."""
         self.bundle = Bundle.open(folder, tier)
         self.prompts = PromptBuilder(self.bundle.folder)
         specs = self.bundle.specs
         self.specs = specs
         self.sessions = {
-            name: open_session(self.bundle.path(name), threads, opt_level, prepack) for name in specs
+            name: open_session(self.bundle.path(name), threads, opt_level, prepack, weight_only)
+            for name in specs
         }
 
     # --- one call per graph -------------------------------------------------------------

@@ -8,7 +8,14 @@ import onnxruntime as ort
 
 from ..errors import BundleError
 
-WEIGHT_ONLY_ACCURACY_LEVEL = "1"  # fp32 compute for MatMulNBits (see session_options)
+# onnxruntime fuses a weight-only graph (int8 weight -> DequantizeLinear -> MatMul, the int8w tier)
+# into com.microsoft MatMulNBits at run time. Its accuracy level decides how it computes:
+#   "4" (onnxruntime's default): int8 activations too. 4.1-2b decode_step on 2 cores: 152 ms/token.
+#   "1": FP32 activations, as the graph says, weights kept int8: 4,107 ms/token (no fast 8-bit kernel
+#        for it on this CPU; FP32 itself is 260 ms/token).
+# The runtime keeps onnxruntime's default (what any consumer of the bundle gets); pass "1" to run the
+# graph's literal semantics, as the weight-only formula test does.
+WEIGHT_ONLY_ACCURACY = {"default": None, "int8": "4", "fp32": "1"}
 OPT_LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -17,17 +24,15 @@ OPT_LEVELS = {
 
 
 def session_options(
-    threads: int | None = None, opt_level: str = "all", prepack: bool = True
+    threads: int | None = None, opt_level: str = "all", prepack: bool = True, weight_only: str = "default"
 ) -> ort.SessionOptions:
     """Session options; ``prepack=False`` keeps MatMul weights memory-mapped from the sidecar instead of
     copying them (measured: no extra anonymous memory), which matters when a 9 GB PyTorch model is
-    resident beside the session, as in the export gate."""
+    resident beside the session, as in the export gate. ``weight_only``: see WEIGHT_ONLY_ACCURACY."""
     options = ort.SessionOptions()
-    # A weight-only graph (int8 weight -> DequantizeLinear -> MatMul) is fused by onnxruntime into
-    # MatMulNBits, which by default (accuracy level 4) also quantises the activations to int8 at run
-    # time: no longer weight-only, and measurably further from FP32. Level 1 keeps the weights int8 in
-    # memory and computes in FP32, as the graph says. Other graphs are unaffected.
-    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", WEIGHT_ONLY_ACCURACY_LEVEL)
+    level = WEIGHT_ONLY_ACCURACY[weight_only]
+    if level is not None:
+        options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", level)
     if not prepack:
         options.add_session_config_entry("session.disable_prepacking", "1")
     options.graph_optimization_level = OPT_LEVELS[opt_level]
@@ -38,7 +43,11 @@ def session_options(
 
 
 def open_session(
-    path: Path, threads: int | None = None, opt_level: str = "all", prepack: bool = True
+    path: Path,
+    threads: int | None = None,
+    opt_level: str = "all",
+    prepack: bool = True,
+    weight_only: str = "default",
 ) -> ort.InferenceSession:
     """Open one graph; a missing or corrupt file becomes a one-line :class:`BundleError`."""
     path = Path(path)
@@ -47,7 +56,7 @@ def open_session(
     try:
         return ort.InferenceSession(
             str(path),
-            sess_options=session_options(threads, opt_level, prepack),
+            sess_options=session_options(threads, opt_level, prepack, weight_only),
             providers=["CPUExecutionProvider"],
         )
     except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
