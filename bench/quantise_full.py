@@ -285,6 +285,15 @@ def graph_sizes(bundle: Path, tier: str | None) -> dict[str, dict] | None:
     return {g: {"file": p.name, "bytes": graph_bytes(p), "fp32_graph": g in reused} for g, p in paths.items()}
 
 
+def report_figures(report: dict) -> dict:
+    """What a tier's quantise_<tier>.json measured in its own process: peak RSS and seconds per graph."""
+    graphs = report.get("graphs", {})
+    return {
+        "peak_rss_mib": report.get("peak_rss_mib"),
+        "graph_seconds": {g: r.get("seconds") for g, r in graphs.items()},
+    }
+
+
 def quantise_tier(args: argparse.Namespace, tier: str) -> dict:
     """Quantise ``tier`` in a child (or reuse its report with --skip-quantise)."""
     report_path = args.bundle / f"quantise_{tier}.json"
@@ -292,12 +301,7 @@ def quantise_tier(args: argparse.Namespace, tier: str) -> dict:
         if not report_path.is_file():
             return {"status": "missing", "detail": f"{report_path.name} absent and --skip-quantise given"}
         report = json.loads(report_path.read_text())
-        return {
-            "status": "reused",
-            "wall_s": report.get("seconds"),
-            "peak_rss_mib": report.get("peak_rss_mib"),
-            "graph_seconds": {g: r.get("seconds") for g, r in report.get("graphs", {}).items()},
-        }
+        return {"status": "reused", "wall_s": report.get("seconds"), **report_figures(report)}
     cmd = [sys.executable, "-m", "granite_onnx.cli", "quantise", "--bundle", str(args.bundle)]
     cmd += ["--tier", tier, "--clips", str(args.clips), "--threads", str(args.threads)]
     print(f"quantising {tier}: {' '.join(cmd)}", flush=True)
@@ -307,12 +311,13 @@ def quantise_tier(args: argparse.Namespace, tier: str) -> dict:
     if not child.ok:
         return {"status": "failed", **doc, **child.failure()}
     report = json.loads(report_path.read_text())
+    figures = report_figures(report)
     return {
         "status": "ok",
-        **doc,
+        **doc,  # the child's wall time and own peak RSS (wait4)
         "report_seconds": report.get("seconds"),
-        "report_peak_rss_mib": report.get("peak_rss_mib"),
-        "graph_seconds": {g: r.get("seconds") for g, r in report.get("graphs", {}).items()},
+        "report_peak_rss_mib": figures["peak_rss_mib"],
+        "graph_seconds": figures["graph_seconds"],
     }
 
 

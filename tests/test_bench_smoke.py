@@ -2,36 +2,83 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import CLIPS, REPO
+
+QUANTISE_TIERS = ("int8", "int8w")
 
 
-def test_runtime_benchmark_runs_on_the_tiny_bundle(tiny_bundle, tiny_ckpt, tmp_path):
-    out = tmp_path / "bench.json"
+def run_bench(script: str, *args: str) -> None:
+    """Run ``bench/<script>`` as a user would, from the repository root; it must exit 0."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "runtime.py"),
-            "--bundle",
-            str(tiny_bundle),
-            "--model-dir",
-            str(tiny_ckpt),
-            "--tokens",
-            "4",
-            "--repeats",
-            "1",
-            "--json",
-            str(out),
-        ],
+        [sys.executable, str(REPO / "bench" / script), *args],
         capture_output=True,
         text=True,
         cwd=REPO,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_runtime_benchmark_runs_on_the_tiny_bundle(tiny_bundle, tiny_ckpt, tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["--bundle", str(tiny_bundle), "--model-dir", str(tiny_ckpt), "--tokens", "4", "--repeats", "1"]
+    run_bench("runtime.py", *args, "--json", str(out))
     result = json.loads(out.read_text())
     assert result["tokens_equal"] is True
     assert result["decode_ms_per_token"]["onnx"] > 0 and result["peak_rss_mib"] > 0
+
+
+def test_quantise_benchmark_runs_on_a_copy_of_the_tiny_bundle(tiny_bundle, tmp_path):
+    bundle, out = tmp_path / "bundle", tmp_path / "quantise_full.json"
+    shutil.copytree(tiny_bundle, bundle)
+    tiers = [arg for tier in QUANTISE_TIERS for arg in ("--tier", tier)]
+    args = ["--bundle", str(bundle), *tiers, "--tokens", "2", "--past", "8", "--clips", str(CLIPS)]
+    run_bench("quantise_full.py", *args, "--json", str(out), "--work", str(tmp_path / "work"))
+    result = json.loads(out.read_text())
+    assert result["fp32"]["decode_step"]["ms_per_token"] > 0
+    for tier in QUANTISE_TIERS:
+        doc = result["tiers"][tier]
+        assert doc["quantise"]["status"] == "ok", doc["quantise"]
+        assert doc["quantise"]["peak_rss_mib"] > 0
+        assert doc["total_bytes"] > 0 and all(g["bytes"] > 0 for g in doc["graphs"].values())
+        assert doc["decode_step"]["ms_per_token"] > 0 and "max_abs_error" in doc["decode_step"]
+        assert doc["encoder"]["seconds"] > 0
+
+
+def test_full_size_bundle_gets_a_tokenizer_whose_audio_token_is_the_configs(tmp_path):
+    """The bundle completion for the full-size shape: <|audio|> must land on id 100352 of 100353."""
+    spec = importlib.util.spec_from_file_location("quantise_full", REPO / "bench" / "quantise_full.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(bench)
+        checkpoint, bundle = tmp_path / "checkpoint", tmp_path / "bundle"
+        checkpoint.mkdir()
+        bundle.mkdir()
+        config = {
+            "audio_token_index": 100352,
+            "text_config": {
+                "num_hidden_layers": 40,
+                "num_attention_heads": 16,
+                "num_key_value_heads": 4,
+                "hidden_size": 2048,
+                "vocab_size": 100353,
+            },
+        }
+        (checkpoint / "config.json").write_text(json.dumps(config))
+        bench.complete_bundle(bundle, checkpoint)
+    finally:
+        del sys.modules[spec.name]
+
+    from granite_onnx.runtime.prompt import PromptBuilder
+
+    ids = PromptBuilder(bundle).input_ids(300)
+    assert ids.count(100352) == 300 and max(ids) == 100352
+    for name in ("config.json", "preprocessor_config.json", "processor_config.json", "chat_template.jinja"):
+        assert (bundle / name).is_file(), name

@@ -19,6 +19,7 @@ from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
 from onnxruntime.quantization.quant_utils import QuantizationMode
 from onnxruntime.quantization.registry import IntegerOpsRegistry
 
+from .job import GraphJob, quantised_nodes
 from .lazy import run_quantiser
 
 # quantize_dynamic's default: every op type its integer registry knows (here MatMul, Conv and the
@@ -63,3 +64,9 @@ def quantise_streaming(src: Path, dst: Path, excluded: list[str]) -> dict:
         QuantType.QInt8,
     )
     return dict(SETTINGS)
+
+
+def write_graph(job: GraphJob) -> tuple[dict, dict]:
+    """The tier's writer (see tiers.TIERS): quantised node counts and settings."""
+    settings = quantise_streaming(job.src, job.dst, list(job.excluded))
+    return quantised_nodes(job.dst), {"settings": settings}

@@ -13,6 +13,7 @@ and why, is decided here and written to the tier report:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +22,9 @@ import onnx
 from onnx.external_data_helper import load_external_data_for_model
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
+from ..sidecar import write_with_sidecar
 from .calibration import Feeds
+from .job import GraphJob
 from .static import calibrate
 
 FP16_MAX = 65504.0
@@ -107,3 +110,13 @@ def convert(src: Path, feeds: Sequence[Feeds], excluded: list[str], headroom: fl
         "kept_fp32_by_range": {k: round(v, 3) for k, v in sorted(hot.items())},
     }
     return converted, details
+
+
+def write_graph(job: GraphJob) -> tuple[dict, dict]:
+    """The tier's writer (see tiers.TIERS): converted node counts and what stayed FP32, and why."""
+    model, details = convert(job.src, job.feeds, list(job.excluded), job.fp16_headroom, job.scratch)
+    write_with_sidecar(model, job.scratch, job.dst)
+    kept = set(details["kept_fp32_by_range"]) | set(job.excluded) | set(details["kept_fp32_op_types"])
+    source = onnx.load(str(job.src), load_external_data=False).graph.node
+    counts = Counter(n.op_type for n in source if n.op_type in COMPUTE_OPS and not kept & {n.name, n.op_type})
+    return dict(sorted(counts.items())), details

@@ -13,7 +13,6 @@ import fnmatch
 import shutil
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,15 +22,13 @@ import onnx
 from ..audit import audit_file, check_kv_agreement, check_loads
 from ..errors import GraniteOnnxError
 from ..runtime.bundle import Bundle, graph_file
-from ..sidecar import write_with_sidecar
 from ..specs import DECODE_STEP, GRAPH_NAMES, PROMPT_ENCODE
 from ..staging import check_output_dir, merge_into
-from . import dynamic, fp16, static, weight_only
+from . import static
 from .calibration import CalibrationSet, collect
+from .job import GraphJob
 from .report import GraphQuantisation, TierReport, count_changes, graph_bytes, op_counts, peak_rss_mib
 from .tiers import TIERS, Tier
-
-QUANTISABLE = ("MatMul", "Conv", "Gather")
 
 
 class QuantiseError(GraniteOnnxError):
@@ -80,66 +77,6 @@ def expand_exclude(patterns: tuple[str, ...], sources: dict[str, Path]) -> dict[
             "give node names as the ONNX graph spells them (e.g. /language_model/lm_head/MatMul) or a pattern"
         )
     return matched
-
-
-def quantised_nodes(path: Path) -> dict[str, int]:
-    """Nodes that now compute in integer form, by the op type they had in FP32.
-
-    MatMulInteger / ConvInteger (dynamic) count as MatMul / Conv; a MatMul, Conv or Gather whose
-    weight comes from a DequantizeLinear (QDQ and weight-only) or is itself an integer table (dynamic
-    Gather) counts as itself.
-    """
-    graph = onnx.load(str(path), load_external_data=False).graph
-    dq_outputs = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    integer = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
-    dq_outputs |= {i.name for i in graph.initializer if i.data_type in integer}  # a Gather over an int8 table
-    counts: Counter[str] = Counter()
-    for node in graph.node:
-        if node.op_type in ("MatMulInteger", "ConvInteger"):
-            counts[node.op_type.replace("Integer", "")] += 1
-        elif node.op_type in QUANTISABLE and any(i in dq_outputs for i in node.input):
-            counts[node.op_type] += 1
-    return dict(sorted(counts.items()))
-
-
-def _write_graph(tier: Tier, src: Path, dst: Path, excluded: list[str], calib, options) -> tuple[dict, dict]:
-    """Quantise ``src`` into ``dst`` (+ sidecar); returns (quantised counts, details)."""
-    scratch = Path(tempfile.mkdtemp(prefix="raw-", dir=dst.parent))
-    try:
-        if tier.name == "int8":
-            settings = dynamic.quantise_streaming(src, dst, excluded)
-            return quantised_nodes(dst), {"settings": settings}
-        if tier.name == "int8s":
-            feeds = calib.feeds[src.stem]
-            settings = static.quantise_streaming(src, dst, feeds, options.calibration, excluded, scratch)
-            return quantised_nodes(dst), {"settings": settings, "calibration": calib.summary()}
-        if tier.name == "int8w":
-            model = onnx.load(str(src), load_external_data=False)
-            counts, records = weight_only.quantise_model(model, src.parent, set(excluded))
-            write_with_sidecar(model, src.parent, dst)
-            worst = max(records, key=lambda r: r.max_abs_error / (r.max_abs or 1.0), default=None)
-            details = {
-                "formula": "q = clip(rint(W / s), -127, 127), s = max|W| per output channel / 127",
-                "weights": len(records),
-                "worst_relative_rounding_error": round(worst.max_abs_error / (worst.max_abs or 1.0), 6)
-                if worst
-                else None,
-            }
-            return counts, details
-        if tier.name == "fp16":
-            model, details = fp16.convert(
-                src, calib.feeds[src.stem], excluded, options.fp16_headroom, scratch
-            )
-            write_with_sidecar(model, scratch, dst)
-            kept = set(details["kept_fp32_by_range"]) | set(excluded) | set(details["kept_fp32_op_types"])
-            source = onnx.load(str(src), load_external_data=False).graph.node
-            counts = Counter(
-                n.op_type for n in source if n.op_type in fp16.COMPUTE_OPS and not kept & {n.name, n.op_type}
-            )
-            return dict(sorted(counts.items())), details
-        raise AssertionError(tier.name)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def audit_tier(stage: Path, tier: Tier) -> list[str]:
@@ -197,7 +134,20 @@ def quantise_bundle(
             say(f"{tier.name}: quantising {src.name}")
             t0 = time.perf_counter()
             dst = stage / graph_file(name, tier.name)
-            counts, details = _write_graph(tier, src, dst, excluded[name], calib, options)
+            scratch_graph = Path(tempfile.mkdtemp(prefix="raw-", dir=stage))
+            job = GraphJob(
+                src,
+                dst,
+                tuple(excluded[name]),
+                scratch_graph,
+                calib,
+                options.calibration,
+                options.fp16_headroom,
+            )
+            try:
+                counts, details = tier.write_graph(job)
+            finally:
+                shutil.rmtree(scratch_graph, ignore_errors=True)
             graphs.append(
                 GraphQuantisation(
                     graph=name,

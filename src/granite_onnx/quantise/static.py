@@ -28,6 +28,7 @@ from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 
 from ..sidecar import sidecar_name
 from .calibration import FeedReader, Feeds
+from .job import GraphJob, quantised_nodes
 from .lazy import run_quantiser, weights_read_on_demand
 
 OP_TYPES = ("MatMul", "Conv")
@@ -166,3 +167,11 @@ def quantise_streaming(
         QuantType.QUInt8,
     )
     return settings(src, len(feeds), method)
+
+
+def write_graph(job: GraphJob) -> tuple[dict, dict]:
+    """The tier's writer (see tiers.TIERS): quantised node counts, settings and calibration clips."""
+    settings = quantise_streaming(
+        job.src, job.dst, job.feeds, job.calibration_method, list(job.excluded), job.scratch
+    )
+    return quantised_nodes(job.dst), {"settings": settings, "calibration": job.calibration.summary()}

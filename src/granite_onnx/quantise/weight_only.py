@@ -24,6 +24,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..sidecar import write_with_sidecar
+from .job import GraphJob
+
 QMAX = 127
 SUFFIX = "_int8w"
 
@@ -146,3 +149,17 @@ def matched_nodes(model: onnx.ModelProto) -> set[str]:
     """Names of the nodes this tier would quantise with nothing excluded (for ``--exclude`` checks)."""
     targets = _targets(model, set())
     return {n.name for n in model.graph.node if any(i in targets for i in n.input)}
+
+
+def write_graph(job: GraphJob) -> tuple[dict, dict]:
+    """The tier's writer (see tiers.TIERS): quantised node counts and the worst rounding error."""
+    model = onnx.load(str(job.src), load_external_data=False)
+    counts, records = quantise_model(model, job.src.parent, set(job.excluded))
+    write_with_sidecar(model, job.src.parent, job.dst)
+    worst = max((r.max_abs_error / (r.max_abs or 1.0) for r in records), default=None)
+    details = {
+        "formula": "q = clip(rint(W / s), -127, 127), s = max|W| per output channel / 127",
+        "weights": len(records),
+        "worst_relative_rounding_error": None if worst is None else round(worst, 6),
+    }
+    return counts, details
