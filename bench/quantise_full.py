@@ -187,6 +187,7 @@ def time_decode(
 ) -> dict:
     """Median ms of one decode_step over a fixed-seed random past of ``past`` positions, presents fed back."""
     from granite_onnx.runtime.bundle import Bundle
+    from granite_onnx.runtime.pipeline import step_feeds
     from granite_onnx.runtime.sessions import open_session
 
     b = Bundle.open(bundle, tier)
@@ -199,13 +200,7 @@ def time_decode(
     kv = [rng.standard_normal((1, dims.kv_heads, past, dims.head_dim), dtype=np.float32) for _ in past_names]
     token, times = 0, []
     for step in range(DECODE_WARMUP + tokens):
-        total = kv[0].shape[2] + 1
-        feeds = {
-            "input_ids": np.array([[token]], np.int64),
-            "attention_mask": np.ones((1, total), np.int64),
-            "position_ids": np.array([[total - 1]], np.int64),
-            **dict(zip(past_names, kv, strict=True)),
-        }
+        feeds = step_feeds(dims.num_layers, np.array([[token]], np.int64), kv)
         t0 = time.perf_counter()
         logits, *kv = session.run(spec.output_names, feeds)
         if step == 0 and outputs is not None:  # same feeds for every tier: comparable with FP32's

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import resource
 from importlib import metadata
 
 from . import __version__
@@ -28,3 +29,8 @@ def versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             found[name] = None
     return found
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set so far, in MiB (the kernel's ru_maxrss, KiB on Linux)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

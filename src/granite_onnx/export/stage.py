@@ -8,7 +8,6 @@ into place.
 from __future__ import annotations
 
 import json
-import resource
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from ..checkpoint import (
 from ..errors import GraniteOnnxError
 from ..runtime.bundle import graph_file
 from ..runtime.sessions import open_session
+from ..sidecar import sidecar_name
 from ..specs import (
     DECODE_STEP,
     GRAPH_NAMES,
@@ -40,10 +40,10 @@ from ..specs import (
     graph_specs,
 )
 from ..staging import check_output_dir, staged_dir
-from ..toolchain import versions
+from ..toolchain import peak_rss_mib, versions
 from ..verify import verify_bundle
 from .trace import reference_outputs, trace_graph
-from .writer import finalise, sidecar_name
+from .writer import finalise
 
 REPORT_FILE = "export_report.json"
 EXPORTER = {
@@ -96,10 +96,6 @@ class ExportResult:
 
 class ExportCheckError(GraniteOnnxError):
     """onnxruntime disagrees with PyTorch on an exported graph."""
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def check_graph(model, spec: GraphSpec, dims: ModelDims, path: Path, rtol: float) -> dict[str, float]:
@@ -193,7 +189,7 @@ def export_bundle(
             graphs=tuple(reports),
             copied_files=tuple(sorted(copied)),
             seconds=round(time.perf_counter() - start, 3),
-            peak_rss_mib=round(peak_rss_mib(), 1),
+            peak_rss_mib=peak_rss_mib(),
         )
         (stage / REPORT_FILE).write_text(json.dumps(result.to_json(), indent=2) + "\n")
     return result

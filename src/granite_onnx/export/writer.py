@@ -18,11 +18,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..audit import INLINE_LIMIT, audit_file
+from ..sidecar import sidecar_name
 from ..specs import IR_VERSION, OPSET, GraphSpec
-
-
-def sidecar_name(graph_file: str) -> str:
-    return Path(graph_file).stem + ".onnx_data"
 
 
 def _digest(array: np.ndarray) -> str:

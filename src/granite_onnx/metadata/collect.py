@@ -25,6 +25,7 @@ from ..errors import BundleError
 from ..parity.report import FP32
 from ..parity.report import REPORT_FILE as PARITY_REPORT
 from ..runtime.prompt import DEFAULT_INSTRUCTION, PromptBuilder
+from ..sidecar import graph_tensors
 from ..specs import GRAPH_NAMES
 
 SCHEMA_VERSION = 1
@@ -95,18 +96,12 @@ def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
 
 
 def all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    """Initializers and constant attributes of the graph and its subgraphs (where external data may live)."""
-    yield from graph.initializer
+    """Every tensor where external data may live: sparse initializers, then what the sidecar writer walks
+    (initializers and constant attributes of the graph and its subgraphs)."""
     for sparse in graph.sparse_initializer:
         yield sparse.values
         yield sparse.indices
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
-            yield from attr.tensors
-        for sub in _subgraphs(node):
-            yield from all_tensors(sub)
+    yield from graph_tensors(graph)
 
 
 def _dtype_name(elem_type: int) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx.external_data_helper import load_external_data_for_model
+from onnxruntime.quantization.onnx_model import ONNXModel
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
 from ..sidecar import write_with_sidecar
@@ -65,25 +66,6 @@ def nodes_over(model: onnx.ModelProto, ranges: dict[str, float], limit: float) -
     return found
 
 
-def topological_sort(graph: onnx.GraphProto) -> None:
-    """Order nodes so each comes after the producers of its inputs (the converter appends its Casts)."""
-    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        left = []
-        for node in pending:
-            if all(i in ready for i in node.input):
-                ordered.append(node)
-                ready.update(node.output)
-            else:
-                left.append(node)
-        if len(left) == len(pending):
-            raise ValueError(f"graph has a cycle or a dangling input at node {left[0].name}")
-        pending = left
-    del graph.node[:]
-    graph.node.extend(ordered)
-
-
 def convert(src: Path, feeds: Sequence[Feeds], excluded: list[str], headroom: float, work: Path) -> tuple:
     """The FP16 model (weights in memory) and a description of what stayed FP32 and why."""
     ranges = activation_ranges(Path(src).resolve(), feeds, Path(work).resolve())
@@ -99,7 +81,7 @@ def convert(src: Path, feeds: Sequence[Feeds], excluded: list[str], headroom: fl
         op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(KEEP_OP_TYPES),
         node_block_list=sorted(set(hot) | set(excluded)),
     )
-    topological_sort(converted.graph)
+    ONNXModel(converted).topological_sort()  # the converter appends its Casts out of order
     details = {
         "fp16_max": FP16_MAX,
         "headroom": headroom,

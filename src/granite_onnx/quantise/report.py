@@ -7,7 +7,6 @@ measured on the files it wrote (node counts by op type, bytes before and after, 
 from __future__ import annotations
 
 import json
-import resource
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,11 +22,6 @@ REPORT_PREFIX = "quantise_"
 
 def report_file(tier: str) -> str:
     return f"{REPORT_PREFIX}{tier}.json"
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident set so far (the kernel's accounting, KiB on Linux)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def op_counts(path: Path) -> dict[str, int]:

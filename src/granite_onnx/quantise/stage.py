@@ -24,10 +24,11 @@ from ..errors import GraniteOnnxError
 from ..runtime.bundle import Bundle, graph_file
 from ..specs import DECODE_STEP, GRAPH_NAMES, PROMPT_ENCODE
 from ..staging import check_output_dir, merge_into
+from ..toolchain import peak_rss_mib
 from . import static
 from .calibration import CalibrationSet, collect
 from .job import GraphJob
-from .report import GraphQuantisation, TierReport, count_changes, graph_bytes, op_counts, peak_rss_mib
+from .report import GraphQuantisation, TierReport, count_changes, graph_bytes, op_counts
 from .tiers import TIERS, Tier
 
 

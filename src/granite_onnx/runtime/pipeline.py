@@ -41,6 +41,19 @@ class Transcript:
     seconds: float
 
 
+def step_feeds(num_layers: int, token: np.ndarray, kv: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """decode_step's feeds: ``token`` [batch, 1] after a cache ``kv`` (the presents, in spec order)."""
+    batch, past = token.shape[0], kv[0].shape[2]
+    feeds = {
+        "input_ids": token.astype(np.int64),
+        "attention_mask": np.ones((batch, past + 1), np.int64),
+        "position_ids": np.full((batch, 1), past, np.int64),
+    }
+    names = [past_name(i, k) for i in range(num_layers) for k in ("key", "value")]
+    feeds.update(zip(names, kv, strict=True))
+    return feeds
+
+
 def top2_margin(logits: np.ndarray) -> float:
     top = np.partition(logits.ravel(), -2)[-2:]
     return float(top[1] - top[0])
@@ -96,15 +109,7 @@ class SpeechPipeline:
         }
 
     def step_feeds(self, token: np.ndarray, kv: list[np.ndarray]) -> dict[str, np.ndarray]:
-        batch, past = token.shape[0], kv[0].shape[2]
-        feeds = {
-            "input_ids": token.astype(np.int64),
-            "attention_mask": np.ones((batch, past + 1), np.int64),
-            "position_ids": np.full((batch, 1), past, np.int64),
-        }
-        names = [past_name(i, k) for i in range(self.bundle.dims.num_layers) for k in ("key", "value")]
-        feeds.update(zip(names, kv, strict=True))
-        return feeds
+        return step_feeds(self.bundle.dims.num_layers, token, kv)
 
     # --- decoding ------------------------------------------------------------------------
     def prompt_ids(self, audio_tokens: int, instruction: str = DEFAULT_INSTRUCTION) -> np.ndarray:
