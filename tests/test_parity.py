@@ -99,6 +99,7 @@ def test_gate_fails_when_decode_step_logits_are_perturbed(tiny_bundle, tiny_ckpt
 def test_gate_fails_for_an_encoder_exported_without_the_length_fix(tiny_ckpt, tiny_bundle, tmp_path):
     """Traced at 430 frames without the patches, the encoder is wrong (or fails) at the clips' lengths."""
     from granite_onnx.export.stage import ExportOptions, export_bundle
+    from granite_onnx.identity import copy_export_id
 
     broken = tmp_path / "broken"
     export_bundle(
@@ -110,6 +111,8 @@ def test_gate_fails_for_an_encoder_exported_without_the_length_fix(tiny_ckpt, ti
     shutil.copytree(tiny_bundle, bundle)
     for suffix in (".onnx", ".onnx_data"):
         shutil.copyfile(broken / f"encoder{suffix}", bundle / f"encoder{suffix}")
+    # Give it the bundle's export id: the identity check would refuse it before parity could run.
+    copy_export_id(bundle / "prompt_encode.onnx", bundle / "encoder.onnx")
     result, written = _run_parity_cli(bundle, tiny_ckpt)
     assert result.exit_code == 1, result.output
     assert "fp32_byte_exact" in result.stderr

@@ -135,9 +135,16 @@ def _io(model: onnx.ModelProto, values: str) -> dict[str, tuple]:
 
 def check_kv_agreement(prompt_path: Path, decode_path: Path) -> list[str]:
     """prompt_encode's presents feed decode_step's pasts: same layers, dtypes, heads and head size."""
-    prompt = _io(onnx.load(str(prompt_path), load_external_data=False), "output")
-    decode_in = _io(onnx.load(str(decode_path), load_external_data=False), "input")
-    decode_out = _io(onnx.load(str(decode_path), load_external_data=False), "output")
+    models = {}
+    for path in (prompt_path, decode_path):
+        try:
+            models[path] = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # a corrupt file: audit_file reports it too; a finding, not a crash
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            return [f"{Path(path).name} is not a readable ONNX file: {first}"]
+    prompt = _io(models[prompt_path], "output")
+    decode_in = _io(models[decode_path], "input")
+    decode_out = _io(models[decode_path], "output")
     problems = []
     presents = sorted(n for n in prompt if n.startswith("present."))
     pasts = sorted(n for n in decode_in if n.startswith("past_key_values."))
@@ -153,6 +160,10 @@ def check_kv_agreement(prompt_path: Path, decode_path: Path) -> list[str]:
             if other is None:
                 continue
             (dtype_a, shape_a), (dtype_b, shape_b) = prompt[name], other
-            if dtype_a != dtype_b or shape_a[1] != shape_b[1] or shape_a[3] != shape_b[3]:
+            if len(shape_a) != 4 or len(shape_b) != 4:
+                problems.append(
+                    f"{name} {prompt[name]} or {where} {other} is not [batch, heads, seq, head_dim]"
+                )
+            elif dtype_a != dtype_b or shape_a[1] != shape_b[1] or shape_a[3] != shape_b[3]:
                 problems.append(f"{name} {prompt[name]} does not match {where} {other}")
     return problems

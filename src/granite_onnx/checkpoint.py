@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from granite_onnx.errors import CheckpointError
+from granite_onnx.userfiles import exists, is_dir, is_file, json_kind, read_json
 
 if TYPE_CHECKING:
     from transformers import GraniteSpeechForConditionalGeneration
@@ -47,6 +48,9 @@ WEIGHT_PATTERNS = (
 )
 # What a Hub download fetches: enough to validate, export and tokenise. adapter_config.json is small and
 # lets validation recognise a LoRA checkpoint; the adapter weights themselves are left behind.
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library refuses larger headers too
+REDOWNLOAD = "re-download the checkpoint"
 HUB_ALLOW_PATTERNS = (
     "config.json",
     "generation_config.json",
@@ -129,28 +133,119 @@ def _download(model_id: str, revision: str | None) -> Path:
 def _read_json(path: Path) -> Any:
     """Parse a JSON file of the checkpoint, or fail naming it."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise _error(
-            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}): re-download the checkpoint"
-        ) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise _error(f"cannot read {path} ({exc}): check the file and its permissions") from exc
+        return read_json(path, CheckpointError, REDOWNLOAD)
+    except CheckpointError as exc:
+        raise _error(str(exc)) from exc.__cause__  # one line even when the path holds a newline
 
 
 def _has_weights(path: Path) -> bool:
     return any(any(path.glob(pattern)) for pattern in WEIGHT_PATTERNS)
 
 
-def _tokenizer_audio_id(tokenizer_json: Path) -> int | None:
-    """The id ``tokenizer.json`` gives ``<|audio|>`` (added tokens first, then the model vocab)."""
+# --- partial downloads: cheap structural checks of the weight files, no tensor is read --------------
+
+
+def _check_index(folder: Path, index: Path) -> None:
+    """Every shard an index's ``weight_map`` names must be in the folder: an interrupted download of a
+    sharded checkpoint leaves the index and some shards, and transformers would fail minutes later."""
+    data = _read_json(index)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise _error(f"{index} has no weight_map object naming the shards: {REDOWNLOAD}")
+    shards = list(dict.fromkeys(weight_map.values()))
+    for shard in shards:
+        if not isinstance(shard, str) or not shard or Path(shard).is_absolute() or ".." in Path(shard).parts:
+            raise _error(
+                f"{index} names a shard {str(shard)[:60]!r} that is not a file in {folder}: {REDOWNLOAD}"
+            )
+    missing = [shard for shard in shards if not is_file(folder / shard)]
+    if missing:
+        more = f" (and {len(missing) - 1} more of {len(shards)})" if len(missing) > 1 else ""
+        raise _error(
+            f"{folder / missing[0]} is missing{more} but {index.name} names it: the download was "
+            f"interrupted, {REDOWNLOAD}"
+        )
+
+
+def _safetensors_size(path: Path) -> int | str:
+    """The size the header of a ``.safetensors`` file says it has, or why the header is unreadable.
+
+    The format is an 8-byte little-endian header length, a JSON header giving each tensor's
+    ``data_offsets`` [start, end) into the data that follows, then the data; a whole file is exactly
+    ``8 + header length + the largest end`` bytes. Only the header is read.
+    """
+    with path.open("rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return 8
+        length = int.from_bytes(head, "little")
+        if length > SAFETENSORS_MAX_HEADER:
+            return f"its header claims {length} bytes"
+        raw = fh.read(length)
+    if len(raw) < length:
+        return 8 + length
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return "its header is not JSON"
+    if not isinstance(header, dict):
+        return "its header is not a JSON object"
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]
+        ):
+            return f"tensor {str(name)[:60]!r} has no valid data_offsets"
+        end = max(end, offsets[1])
+    return 8 + length + end
+
+
+def _check_safetensors(path: Path) -> None:
+    """A ``.safetensors`` file must be exactly as long as its header says (truncated = partial download)."""
+    try:
+        size = path.stat().st_size
+        expected = _safetensors_size(path)
+    except OSError as exc:
+        raise _error(
+            f"cannot read {path} ({exc.strerror or type(exc).__name__}): check the file and its permissions"
+        ) from exc
+    if isinstance(expected, str):
+        raise _error(f"{path} is not a valid safetensors file ({expected}): re-download it")
+    if size < expected:
+        raise _error(f"{path} is truncated ({size} of {expected} bytes): re-download it")
+    if size > expected:
+        raise _error(
+            f"{path} is corrupt ({size} bytes where its header describes {expected}): re-download it"
+        )
+
+
+def _check_weight_files(folder: Path) -> None:
+    """Fail fast on a partial checkpoint: shards an index names but the folder lacks, truncated files."""
+    for name in WEIGHT_INDEXES:
+        if (folder / name).is_file():
+            _check_index(folder, folder / name)
+    for path in sorted(folder.glob("*.safetensors")):
+        _check_safetensors(path)
+
+
+def _tokenizer_audio_id(tokenizer_json: Path) -> object:
+    """The id ``tokenizer.json`` gives ``<|audio|>`` (added tokens first, then the model vocab); None
+    when it has none. Whatever the file holds there is returned as is: the caller compares it."""
     data = _read_json(tokenizer_json)
     if not isinstance(data, dict):
         raise _error(f"{tokenizer_json} is not a tokenizers file: re-download the checkpoint")
-    for token in data.get("added_tokens") or []:
+    added = data.get("added_tokens")
+    for token in added if isinstance(added, list) else []:
         if isinstance(token, dict) and token.get("content") == AUDIO_TOKEN:
             return token.get("id")
-    vocab = (data.get("model") or {}).get("vocab")
+    model = data.get("model")
+    vocab = model.get("vocab") if isinstance(model, dict) else None
     return vocab.get(AUDIO_TOKEN) if isinstance(vocab, dict) else None
 
 
@@ -160,16 +255,16 @@ def validate_checkpoint(path: Path) -> dict[str, Any]:
     Every failure is a CheckpointError whose one-line message names the file and the fix.
     """
     path = Path(path)
-    if not path.exists():
+    if not exists(path):
         raise _error(
             f"checkpoint folder {path} does not exist: pass --model-dir a downloaded Granite Speech folder, "
             f"or --model {EXAMPLE_MODEL_ID}"
         )
-    if not path.is_dir():
+    if not is_dir(path):
         raise _error(f"{path} is not a folder: pass --model-dir the checkpoint folder that holds config.json")
 
     config_path = path / "config.json"
-    if not config_path.is_file():
+    if not is_file(config_path):
         raise _error(
             f"{config_path} is missing: point --model-dir at the folder that holds the checkpoint's "
             "config.json and weights"
@@ -194,6 +289,7 @@ def validate_checkpoint(path: Path) -> dict[str, Any]:
             f"{path} has no weights (model*.safetensors, pytorch_model*.bin or an index): download the "
             "weight files into the folder too"
         )
+    _check_weight_files(path)
 
     tokenizer_path = path / "tokenizer.json"
     if not tokenizer_path.is_file():
@@ -207,22 +303,31 @@ def _check_audio_token(config: dict[str, Any], config_path: Path, tokenizer_path
     """The audio placeholder id must be inside the LLM vocabulary and agree with the tokenizer."""
     audio_id = config.get("audio_token_index", config.get("audio_token_id", DEFAULT_AUDIO_TOKEN_INDEX))
     text_config = config.get("text_config") or {}
-    vocab_size = text_config.get("vocab_size", DEFAULT_TEXT_VOCAB_SIZE)
-    if not (isinstance(audio_id, int) and isinstance(vocab_size, int) and 0 <= audio_id < vocab_size):
+    if not isinstance(text_config, dict):
         raise _error(
-            f"{config_path}: audio_token_index {audio_id} is outside the text vocabulary "
-            f"(text_config.vocab_size {vocab_size}): the config is corrupt or from another model"
+            f"{config_path}: text_config is a JSON {json_kind(text_config)}, not an object: {REDOWNLOAD}"
+        )
+    vocab_size = text_config.get("vocab_size", DEFAULT_TEXT_VOCAB_SIZE)
+    if not (_is_int(audio_id) and _is_int(vocab_size) and 0 <= audio_id < vocab_size):
+        raise _error(
+            f"{config_path}: audio_token_index {str(audio_id)[:60]} is outside the text vocabulary "
+            f"(text_config.vocab_size {str(vocab_size)[:60]}): the config is corrupt or from another model"
         )
     tokenizer_id = _tokenizer_audio_id(tokenizer_path)
     if tokenizer_id is None:
         raise _error(
             f"{tokenizer_path} has no {AUDIO_TOKEN} token: use the tokenizer shipped with the checkpoint"
         )
-    if tokenizer_id != audio_id:
+    if not _is_int(tokenizer_id) or tokenizer_id != audio_id:
         raise _error(
-            f"{tokenizer_path} gives {AUDIO_TOKEN} id {tokenizer_id} but {config_path} says "
+            f"{tokenizer_path} gives {AUDIO_TOKEN} id {str(tokenizer_id)[:60]} but {config_path} says "
             f"audio_token_index {audio_id}: use the tokenizer shipped with this checkpoint"
         )
+
+
+def _is_int(value: object) -> bool:
+    """A JSON integer (``true`` is not an id, though Python's bool is an int)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def copy_processor_files(src: Path, dst: Path, names: tuple[str, ...] = PROCESSOR_FILES) -> list[str]:

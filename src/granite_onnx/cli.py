@@ -14,22 +14,51 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import GraniteOnnxError
+from .errors import GraniteOnnxError, Interrupted, from_os_error
 
 
 class _Group(click.Group):
+    """Turns the failures a user can act on into one line and an exit code, never a traceback.
+
+    User mistakes, a full disk and a refused write exit 2; Ctrl-C exits 130 and SIGTERM 143, after
+    every staging folder was removed on the way out.
+    """
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except GraniteOnnxError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
+        except OSError as exc:
+            user_error = from_os_error(exc)
+            if user_error is None:
+                raise
+            click.echo(f"error: {user_error}", err=True)
+            ctx.exit(2)
+        except KeyboardInterrupt as exc:
+            signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+            click.echo(
+                f"interrupted ({signal.Signals(signum).name}): stopped cleanly; outputs of earlier runs "
+                "are as they were and nothing half-written was left",
+                err=True,
+            )
+            ctx.exit(128 + signum)
 
 
 @click.group(cls=_Group)
 @click.version_option(__version__, prog_name="granite-onnx")
 def cli() -> None:
     """Export Granite Speech checkpoints to ONNX, prove them against PyTorch, publish them."""
+
+
+def _progress(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _up_to_date(subject: str, inputs: str) -> None:
+    """What a skipped stage prints (see granite_onnx.stamps): the work is done and nothing it read changed."""
+    click.echo(f"{subject} is up to date (same {inputs} as last time); --force redoes it")
 
 
 def _source(model_dir: Path | None, model: str | None, revision: str | None):
@@ -51,14 +80,18 @@ def _source(model_dir: Path | None, model: str | None, revision: str | None):
 )
 @click.option("--graph", "graphs", multiple=True, help="Export only these graphs (repeatable).")
 @click.option("--no-check", is_flag=True, help="Skip the onnxruntime-vs-PyTorch gate on each graph.")
-def export(model_dir, model, revision, out_dir, graphs, no_check) -> None:
+@click.option("--force", is_flag=True, help="Export again even when the bundle is up to date.")
+def export(model_dir, model, revision, out_dir, graphs, no_check, force) -> None:
     """Export encoder, prompt_encode and decode_step (FP32) plus the processor files."""
     from .export.stage import ExportOptions, export_bundle
     from .specs import GRAPH_NAMES
 
     source = _source(model_dir, model, revision)
     options = ExportOptions(graphs=tuple(graphs) or GRAPH_NAMES, check=not no_check)
-    result = export_bundle(source, out_dir, options, progress=lambda msg: click.echo(msg, err=True))
+    result = export_bundle(source, out_dir, options, progress=_progress, force=force)
+    if result.skipped:
+        _up_to_date(str(out_dir), "checkpoint bytes, options and toolchain")
+        return
     for g in result.graphs:
         err = ", ".join(f"{k} {v:.2e}" for k, v in g.max_abs_error.items()) or "not checked"
         click.echo(f"{g.file:24s} {g.nodes:6d} nodes  {g.seconds:7.1f} s  max |onnx-torch|: {err}")
@@ -102,7 +135,8 @@ def fixture(out_dir: Path, seed: int) -> None:
     help="int8s: how activation ranges are taken from the calibration clips.",
 )
 @click.option("--threads", default=None, type=click.IntRange(1, 256), help="onnxruntime intra-op threads.")
-def quantise(bundle, tiers, exclude, clips_dir, calibration, threads) -> None:
+@click.option("--force", is_flag=True, help="Quantise again even when a tier is up to date.")
+def quantise(bundle, tiers, exclude, clips_dir, calibration, threads, force) -> None:
     """Write quantised graphs beside the FP32 ones, audit them, and record what changed."""
     from .quantise.stage import QuantiseOptions, quantise_bundle
     from .quantise.tiers import TIERS
@@ -112,7 +146,10 @@ def quantise(bundle, tiers, exclude, clips_dir, calibration, threads) -> None:
         exclude=tuple(exclude), clips=clips_dir, calibration=calibration, threads=threads
     )
     for name in names:
-        report = quantise_bundle(bundle, name, options, progress=lambda msg: click.echo(msg, err=True))
+        report = quantise_bundle(bundle, name, options, progress=_progress, force=force)
+        if report.skipped:
+            _up_to_date(f"tier {name}", "FP32 graphs, clips, options and toolchain")
+            continue
         for g in report.graphs:
             counts = ", ".join(f"{k} {v}" for k, v in g.quantised.items()) or "nothing"
             click.echo(
@@ -184,6 +221,7 @@ def transcribe(bundle, tier, max_new_tokens, threads, as_json, audio) -> None:
     help="Gate quantised tiers on corpus WER, or (random weights) on divergences only at near-ties; "
     "auto picks near-tie for the built-in tiny model only.",
 )
+@click.option("--force", is_flag=True, help="Run again even when the report is up to date.")
 def parity(
     bundle,
     model_dir,
@@ -196,30 +234,40 @@ def parity(
     max_new_tokens,
     jobs,
     quantised_gate,
+    force,
 ) -> None:
     """Measure the bundle against transformers' PyTorch model; exit 1 when a gate fails."""
     from tqdm import tqdm
 
-    from .parity.harness import ParityOptions, run_parity
+    from .parity.harness import ParityOptions
+    from .parity.resume import parity_stage
     from .parity.tables import summary_lines
 
     source = _source(model_dir, model, revision)
     options = ParityOptions(
         tuple(tiers), reference, max_new_tokens, wer_limit, jobs, quantised_gate=quantised_gate
     )
-    with tqdm(desc="parity", unit="clip", file=sys.stderr, leave=False) as bar:
+    bars: list[tqdm] = []  # made on the first tick: an up-to-date report shows no empty bar
 
-        def tick(done: int, total: int, what: str) -> None:
-            bar.total = total
-            bar.n = done
-            bar.set_postfix_str(what)
+    def tick(done: int, total: int, what: str) -> None:
+        if not bars:
+            bars.append(tqdm(desc="parity", unit="clip", file=sys.stderr, leave=False))
+        bars[0].total = total
+        bars[0].n = done
+        bars[0].set_postfix_str(what)
 
-        report = run_parity(bundle, source, clips_dir, options, progress=tick)
-    report.write(bundle)
-    for line in summary_lines(report):
-        click.echo(line)
-    if not report.passed:
-        failed = "; ".join(f"{g.name}: {g.detail}" for g in report.failed_gates())
+    try:
+        result = parity_stage(bundle, source, clips_dir, options, progress=tick, force=force)
+    finally:
+        for bar in bars:
+            bar.close()
+    if result.skipped:
+        _up_to_date(f"parity of {bundle}", "graphs, checkpoint, clips, options and toolchain")
+    else:
+        for line in summary_lines(result.report):
+            click.echo(line)
+    if not result.passed:
+        failed = "; ".join(f"{g['name']}: {g['detail']}" for g in result.failed_gates())
         click.echo(f"parity gate failed: {failed}", err=True)
         sys.exit(1)
 
@@ -281,7 +329,7 @@ def verify(bundle, repo_id, revision, model_dir, model, clips_dir) -> None:
 
     if (bundle is None) == (repo_id is None):
         raise click.UsageError("give exactly one of --bundle DIR or --repo-id OWNER/NAME")
-    folder = download_bundle(repo_id, revision) if repo_id else bundle
+    folder = download_bundle(repo_id, revision) if repo_id is not None else bundle
     checks = verify_bundle(folder, require_manifest=repo_id is not None)
     for line in format_checks(checks):
         click.echo(line)
@@ -311,15 +359,16 @@ def expect(bundle: Path, expected: Path, update: bool) -> None:
     """Compare artefact sha256s and parity results with a committed expectation; exit 1 on a difference."""
     from .publish.expectation import differences, snapshot, toolchain_changes
     from .staging import write_text_atomic
+    from .userfiles import is_file, read_json_object
 
     actual = snapshot(bundle)
     if update:
         write_text_atomic(expected, json.dumps(actual, indent=2, ensure_ascii=False) + "\n")
         click.echo(f"wrote {expected}")
         return
-    if not expected.is_file():
+    if not is_file(expected):
         raise GraniteOnnxError(f"{expected} does not exist: create it with --update")
-    want = json.loads(expected.read_text(encoding="utf-8"))
+    want = read_json_object(expected, GraniteOnnxError, "create it again with --update")
     for line in toolchain_changes(actual, want):
         click.echo(f"note: {line}")
     diff = differences(actual, want)
@@ -334,7 +383,7 @@ def expect(bundle: Path, expected: Path, update: bool) -> None:
 def _terminate(signum, frame) -> None:
     """SIGTERM (a job scheduler, ``kill``) unwinds like Ctrl-C: staging folders are removed and the
     previous bundle stays as it was, instead of the process dying with its temporary files in place."""
-    raise SystemExit(128 + signum)
+    raise Interrupted(signum)
 
 
 def main() -> None:

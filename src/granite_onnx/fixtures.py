@@ -16,12 +16,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from granite_onnx import __version__
+from granite_onnx.staging import make_temp_dir, sweep_stale
 
 EOS_TOKEN = "<|end_of_text|>"
 PAD_TOKEN = "<|pad|>"
@@ -339,7 +339,8 @@ def write_tiny_checkpoint(out_dir: Path, spec: TinySpec = TinySpec()) -> Path:
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    sweep_stale(out_dir.parent)
+    tmp = make_temp_dir(out_dir, "fixture")
     try:
         _write_checkpoint_files(tmp, spec)
         for path in tmp.iterdir():

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .userfiles import json_kind
+
 ENCODER = "encoder"
 PROMPT_ENCODE = "prompt_encode"
 DECODE_STEP = "decode_step"
@@ -23,6 +25,31 @@ GRAPH_NAMES = (ENCODER, PROMPT_ENCODE, DECODE_STEP)
 OPSET = 20
 IR_VERSION = 10
 FEATURE_DIM = 160  # two stacked 80-bin log-mel frames
+
+
+_REQUIRED = object()
+
+
+def _section(config: dict, key: str, required: bool = False) -> dict:
+    """A nested object of the config (``text_config``); absent or null is empty unless ``required``."""
+    value = config.get(key)
+    if value is None and not required:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{key} must be an object, got {'nothing' if value is None else json_kind(value)}")
+    return value
+
+
+def _dim(section: dict, dotted: str, default: object = _REQUIRED) -> int:
+    """A positive int of ``section`` (key: the part of ``dotted`` after the dot); null means the default."""
+    value = section.get(dotted.rpartition(".")[2])
+    if value is None:
+        if default is _REQUIRED:
+            raise ValueError(f"{dotted} is missing")
+        value = default
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{dotted} must be a positive integer, got {value!r:.60}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -40,18 +67,39 @@ class ModelDims:
 
     @classmethod
     def from_config(cls, config: dict) -> ModelDims:
-        """Read the dims from a parsed Granite Speech ``config.json`` (no transformers needed)."""
-        text = config["text_config"]
-        heads = text["num_attention_heads"]
+        """Read the dims from a parsed Granite Speech ``config.json`` (no transformers needed).
+
+        Raises:
+            ValueError: a key the dims need is missing or is not a positive integer (a corrupt or
+                hand-edited file). The message names the key; the caller, who knows the file, adds
+                its name and the fix. Checked here so a bad value fails at open, not deep in a graph.
+        """
+        if not isinstance(config, dict):
+            raise ValueError(f"the config is a JSON {json_kind(config)}, not an object")
+        text = _section(config, "text_config", required=True)
+        heads = _dim(text, "text_config.num_attention_heads")
+        hidden = _dim(text, "text_config.hidden_size")
+        vocab = _dim(text, "text_config.vocab_size")
+        head_dim = _dim(text, "text_config.head_dim", hidden // heads)
+        audio = config.get("audio_token_index")
+        if audio is None:
+            audio = config.get("audio_token_id")
+        if audio is not None and (
+            isinstance(audio, bool) or not isinstance(audio, int) or not 0 <= audio < vocab
+        ):
+            raise ValueError(
+                f"audio_token_index must be an integer id below text_config.vocab_size {vocab}, "
+                f"got {audio!r:.60}"
+            )
         return cls(
-            num_layers=text["num_hidden_layers"],
-            kv_heads=text.get("num_key_value_heads") or heads,
-            head_dim=text.get("head_dim") or text["hidden_size"] // heads,
-            hidden=text["hidden_size"],
-            vocab=text["vocab_size"],
-            audio_token_id=config.get("audio_token_index", config.get("audio_token_id")),
-            feature_dim=config.get("encoder_config", {}).get("input_dim", FEATURE_DIM),
-            max_positions=text.get("max_position_embeddings", 4096),
+            num_layers=_dim(text, "text_config.num_hidden_layers"),
+            kv_heads=_dim(text, "text_config.num_key_value_heads", heads),
+            head_dim=head_dim,
+            hidden=hidden,
+            vocab=vocab,
+            audio_token_id=audio,
+            feature_dim=_dim(_section(config, "encoder_config"), "encoder_config.input_dim", FEATURE_DIM),
+            max_positions=_dim(text, "text_config.max_position_embeddings", 4096),
         )
 
     @classmethod

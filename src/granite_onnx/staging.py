@@ -1,19 +1,70 @@
 """Write a stage's output into a temporary folder and move it into place only when whole.
 
 An interrupted or failed stage leaves the previous good folder untouched and no half-written
-graph where a user (or the next stage) would look.
+graph where a user (or the next stage) would look. Every temporary is a hidden sibling named
+``.<target>.<kind>.granite-tmp-<pid>-<random>``: Ctrl-C and SIGTERM remove it on the way out, and a
+run that could not clean up (SIGKILL, a power cut) leaves one that the next run sweeps away once
+its process is gone (:func:`sweep_stale`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import GraniteOnnxError
+
+TEMP_MARK = "granite-tmp"
+_TEMP_NAME = re.compile(rf"^\..+\.{TEMP_MARK}-(\d+)-")
+
+
+def temp_prefix(target: Path, kind: str) -> str:
+    """The name prefix of a temporary for ``target``: hidden, and carrying this process's id."""
+    return f".{Path(target).name}.{kind}.{TEMP_MARK}-{os.getpid()}-"
+
+
+def make_temp_dir(target: Path, kind: str) -> Path:
+    """An empty temporary folder beside ``target`` (same filesystem, so renames are atomic)."""
+    target = Path(target)
+    return Path(tempfile.mkdtemp(prefix=temp_prefix(target, kind), dir=target.resolve().parent))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def sweep_stale(folder: Path) -> list[Path]:
+    """Remove temporaries in ``folder`` whose process no longer exists; return what was removed.
+
+    A SIGKILLed stage cannot clean up after itself; this runs at the start of the next stage that
+    writes there. A temporary of a live process (a concurrent run) is left alone.
+    """
+    removed: list[Path] = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        match = _TEMP_NAME.match(entry.name)
+        if match is None or _alive(int(match[1])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+        removed.append(entry)
+    return removed
 
 
 def check_output_dir(out_dir: Path) -> None:
@@ -30,6 +81,8 @@ def check_output_dir(out_dir: Path) -> None:
         raise GraniteOnnxError(f"cannot create {out_dir}: {parent} is not a folder")
     if not os.access(parent, os.W_OK):
         raise GraniteOnnxError(f"cannot write to {parent}: no write permission (choose another --out-dir)")
+    sweep_stale(parent)
+    sweep_stale(out_dir)
 
 
 @contextlib.contextmanager
@@ -41,7 +94,7 @@ def staged_dir(out_dir: Path) -> Iterator[Path]:
     """
     out_dir = Path(out_dir)
     check_output_dir(out_dir)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.resolve().parent))
+    stage = make_temp_dir(out_dir, "partial")
     try:
         yield stage
         os.chmod(stage, 0o755)
@@ -55,7 +108,8 @@ def replace_dir(new: Path, target: Path) -> None:
     """Swap ``new`` into ``target`` with renames, removing the old folder last."""
     old = None
     if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        old = Path(tempfile.mkdtemp(prefix=temp_prefix(target, "old"), dir=target.resolve().parent))
+        os.rmdir(old)
         os.replace(target, old)
     os.replace(new, target)
     if old is not None:
@@ -65,7 +119,7 @@ def replace_dir(new: Path, target: Path) -> None:
 def write_text_atomic(path: Path, text: str) -> Path:
     """Write a small file beside its target and rename it into place (never half-written)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path, "write"), dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -89,7 +143,7 @@ def merge_into(folder: Path, staged: Path) -> list[str]:
     folder, staged = Path(folder), Path(staged)
     names = sorted(p.name for p in staged.iterdir())
     order = sorted(names, key=lambda n: (n.endswith(".json"), n.endswith(".onnx"), n))
-    snapshot = Path(tempfile.mkdtemp(prefix=f".{folder.name}.merge-", dir=folder.resolve().parent))
+    snapshot = make_temp_dir(folder, "merge")
     try:
         shutil.copytree(folder, snapshot, copy_function=os.link, dirs_exist_ok=True)
     except OSError:

@@ -14,6 +14,7 @@ from .audit import audit_file, check_kv_agreement, check_loads
 from .errors import BundleError, GraniteOnnxError
 from .publish.checksums import MANIFEST, verify_manifest
 from .specs import DECODE_STEP, PROMPT_ENCODE
+from .userfiles import is_dir, one_line
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,8 @@ def _tiers(folder: Path) -> list[str]:
 
 def verify_bundle(folder: Path, load: bool = True, require_manifest: bool = False) -> list[Check]:
     folder = Path(folder)
-    graphs = sorted(folder.glob("*.onnx"))
-    if not folder.is_dir() or not graphs:
+    graphs = sorted(folder.glob("*.onnx")) if is_dir(folder) else []
+    if not graphs:
         raise BundleError(
             f"{folder} holds no .onnx graphs: pass --bundle the folder written by `granite-onnx export`"
         )
@@ -77,7 +78,7 @@ def download_bundle(repo_id: str, revision: str | None = None, cache_dir: Path |
         return Path(snapshot_download(repo_id, revision=revision, repo_type="model", cache_dir=cache_dir))
     except Exception as exc:  # offline, not found, gated: all end here for the user
         raise GraniteOnnxError(
-            f"cannot download {repo_id} from the Hub: {str(exc).splitlines()[0][:200]}"
+            f"cannot download {repo_id} from the Hub: {one_line(exc) or type(exc).__name__}"
         ) from exc
 
 

@@ -25,6 +25,7 @@ from ..checkpoint import (
     validate_checkpoint,
 )
 from ..errors import GraniteOnnxError
+from ..identity import make_export_id
 from ..runtime.bundle import graph_file
 from ..runtime.sessions import open_session
 from ..sidecar import sidecar_name
@@ -40,6 +41,7 @@ from ..specs import (
     graph_specs,
 )
 from ..staging import check_output_dir, staged_dir
+from ..stamps import Stamp, digests, folder_files, is_current, write_stamp
 from ..toolchain import peak_rss_mib, versions
 from ..verify import verify_bundle
 from .trace import reference_outputs, trace_graph
@@ -89,9 +91,20 @@ class ExportResult:
     peak_rss_mib: float
     toolchain: dict = field(default_factory=versions)
     exporter: dict = field(default_factory=lambda: dict(EXPORTER))
+    export_id: str | None = None
+    skipped: bool = field(default=False, compare=False)  # up to date: nothing was re-exported
 
     def to_json(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data.pop("skipped")
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict, skipped: bool = False) -> ExportResult:
+        graphs = tuple(GraphReport(**g) for g in data["graphs"])
+        fields = {k: v for k, v in data.items() if k != "graphs"}
+        fields["copied_files"] = tuple(fields.get("copied_files", ()))
+        return cls(graphs=graphs, skipped=skipped, **fields)
 
 
 class ExportCheckError(GraniteOnnxError):
@@ -123,14 +136,20 @@ def check_graph(model, spec: GraphSpec, dims: ModelDims, path: Path, rtol: float
 
 
 def export_graph(
-    model, spec: GraphSpec, dims: ModelDims, out_dir: Path, options: ExportOptions
+    model,
+    spec: GraphSpec,
+    dims: ModelDims,
+    out_dir: Path,
+    options: ExportOptions,
+    export_id: str | None = None,
 ) -> GraphReport:
     start = time.perf_counter()
     out_path = out_dir / graph_file(spec.name)
-    with tempfile.TemporaryDirectory(prefix=f"{spec.name}-raw-", dir=out_dir.parent) as raw:
+    # Inside the staging folder: whatever ends a run, the raw trace goes with it.
+    with tempfile.TemporaryDirectory(prefix=f".raw-{spec.name}-", dir=out_dir) as raw:
         raw_path = Path(raw) / "raw.onnx"
         trace_graph(model, spec, dims, raw_path, options.length_patches)
-        summary = finalise(raw_path, out_path, spec)
+        summary = finalise(raw_path, out_path, spec, export_id)
     errors = check_graph(model, spec, dims, out_path, options.rtol) if options.check else {}
     return GraphReport(
         name=spec.name,
@@ -143,15 +162,37 @@ def export_graph(
     )
 
 
+def source_json(source: CheckpointSource) -> dict:
+    return {
+        "path": str(source.path),
+        "model_id": source.model_id,
+        "revision": source.revision,
+        "is_fixture": source.is_fixture,
+    }
+
+
+def export_stamp(source: CheckpointSource, options: ExportOptions) -> Stamp:
+    """What decides an export's bytes: the checkpoint's files, the options, where it came from."""
+    return Stamp(
+        stage="export",
+        inputs=digests(folder_files(source.path, prefix="checkpoint/")),
+        options={**asdict(options), "source": source_json(source)},
+    )
+
+
 def export_bundle(
     source: CheckpointSource,
     out_dir: Path,
     options: ExportOptions = ExportOptions(),
     progress: Callable[[str], None] | None = None,
+    force: bool = False,
 ) -> ExportResult:
     """Export ``source`` into ``out_dir`` (replaced only when every graph passed its check).
 
-    ``progress`` receives one line per step (a CLI prints it; a notebook may ignore it).
+    When ``out_dir`` already holds this export (same checkpoint bytes, options and toolchain, outputs
+    intact; see :mod:`granite_onnx.stamps`) nothing is redone unless ``force``, and the stored result
+    comes back with ``skipped`` set. ``progress`` receives one line per step (a CLI prints it; a
+    notebook may ignore it).
     """
     say = progress or (lambda _msg: None)
     start = time.perf_counter()
@@ -160,6 +201,13 @@ def export_bundle(
         raise GraniteOnnxError(f"unknown graph(s) {sorted(unknown)}; choose from {', '.join(GRAPH_NAMES)}")
     validate_checkpoint(source.path)  # user mistakes fail here, before any work or output
     check_output_dir(Path(out_dir))
+    say(f"hashing the files of {source.path} (an unchanged export is skipped)")
+    stamp = export_stamp(source, options)
+    if not force and is_current(Path(out_dir), stamp):
+        report = json.loads((Path(out_dir) / REPORT_FILE).read_text(encoding="utf-8"))
+        return ExportResult.from_json(report, skipped=True)
+    # Only what changes the graphs' bytes: a --graph subset or --no-check run gets the same id.
+    export_id = make_export_id(stamp.inputs, {"length_patches": options.length_patches}, versions())
     say(f"loading {source.path}")
     model = load_reference_model(source.path)
     dims = ModelDims.from_config(model.config.to_dict())
@@ -168,7 +216,7 @@ def export_bundle(
         reports = []
         for name in options.graphs:
             say(f"exporting {name}" + (" and checking it against PyTorch" if options.check else ""))
-            reports.append(export_graph(model, specs[name], dims, stage, options))
+            reports.append(export_graph(model, specs[name], dims, stage, options, export_id))
         if {PROMPT_ENCODE, DECODE_STEP} <= set(options.graphs):  # each file was audited by finalise
             problems = check_kv_agreement(stage / graph_file(PROMPT_ENCODE), stage / graph_file(DECODE_STEP))
             if problems:
@@ -180,16 +228,13 @@ def export_bundle(
         copied = copy_processor_files(source.path, stage, BUNDLE_CHECKPOINT_FILES)
         result = ExportResult(
             out_dir=str(out_dir),
-            source={
-                "path": str(source.path),
-                "model_id": source.model_id,
-                "revision": source.revision,
-                "is_fixture": source.is_fixture,
-            },
+            source=source_json(source),
             graphs=tuple(reports),
             copied_files=tuple(sorted(copied)),
             seconds=round(time.perf_counter() - start, 3),
             peak_rss_mib=peak_rss_mib(),
+            export_id=export_id,
         )
         (stage / REPORT_FILE).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        write_stamp(stage, stamp.with_outputs(stage, folder_files(stage)))
     return result

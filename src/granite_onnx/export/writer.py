@@ -18,6 +18,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..audit import INLINE_LIMIT, audit_file
+from ..identity import set_export_id
 from ..sidecar import sidecar_name
 from ..specs import IR_VERSION, OPSET, GraphSpec
 
@@ -165,16 +166,19 @@ def save_with_sidecar(model: onnx.ModelProto, path: Path) -> Path:
     return data
 
 
-def finalise(raw_path: Path, out_path: Path, spec: GraphSpec) -> dict:
+def finalise(raw_path: Path, out_path: Path, spec: GraphSpec, export_id: str | None = None) -> dict:
     """Load the exporter's output, normalise it, write it to ``out_path`` and check it.
 
-    Returns a small summary (initializers removed as duplicates, node count).
+    ``export_id`` goes into the graph's metadata (see :mod:`granite_onnx.identity`). Returns a small
+    summary (initializers removed as duplicates, node count).
     """
     model = onnx.load(str(raw_path), load_external_data=True)
     constants_to_initializers(model)
     removed = deduplicate_initializers(model)
     normalise_header(model)
     apply_io_spec(model, spec)
+    if export_id is not None:
+        set_export_id(model, export_id)
     save_with_sidecar(model, out_path)
     audit = audit_file(out_path)
     if not audit.ok:

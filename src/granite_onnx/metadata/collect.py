@@ -10,7 +10,6 @@ metadata costs a few hundred KB of memory plus one streaming hash per file).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -27,30 +26,30 @@ from ..parity.report import REPORT_FILE as PARITY_REPORT
 from ..runtime.prompt import DEFAULT_INSTRUCTION, PromptBuilder
 from ..sidecar import graph_tensors
 from ..specs import GRAPH_NAMES
+from ..userfiles import is_dir, is_file, json_kind, read_json_object
 
 SCHEMA_VERSION = 1
 EXPORT_REPORT = "export_report.json"  # export.stage.REPORT_FILE; not imported, that module needs torch
 QUANTISE_PREFIX = "quantise_"
 DEFAULT_DOMAIN = "ai.onnx"
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+_KIND_NAMES = {dict: "an object", list: "an array", str: "a string"}
 
 
 # --- small readers -----------------------------------------------------------------------------------
 
 
 def read_json(path: Path, fix: str) -> dict:
-    """Parse one JSON file of the bundle; a missing or corrupt file is a one-line BundleError with ``fix``."""
-    if not path.is_file():
+    """Parse one JSON object of the bundle; a missing or corrupt file, or one whose top level is not an
+    object (every stage report and config is one), is a one-line BundleError with ``fix``."""
+    if not is_file(path):
         raise BundleError(f"{path} is missing: {fix}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path} is not valid JSON ({type(exc).__name__}): {fix}") from exc
+    return read_json_object(path, BundleError, fix)
 
 
 def read_optional_json(path: Path, fix: str) -> dict | None:
     """Like :func:`read_json`, but an absent file is ``None`` (a stage that has not run yet)."""
-    return read_json(path, fix) if path.is_file() else None
+    return read_json(path, fix) if is_file(path) else None
 
 
 def file_facts(path: Path) -> dict:
@@ -60,11 +59,18 @@ def file_facts(path: Path) -> dict:
     return {"bytes": path.stat().st_size, "sha256": digest}
 
 
-def _field(report: dict, key: str, path: Path):
-    """A required key of a stage report; its absence means the report predates this package."""
+def _field(report: dict, key: str, path: Path, kind: type | None = None):
+    """A required key of a stage report; its absence means the report predates this package. With
+    ``kind``, a value of another type means the report was edited or corrupted: same fix."""
     if key not in report:
         raise BundleError(f"{path} has no {key!r}: it was written by an older granite-onnx, export again")
-    return report[key]
+    value = report[key]
+    if kind is not None and not isinstance(value, kind):
+        raise BundleError(
+            f"{path}: {key!r} is a JSON {json_kind(value)}, not {_KIND_NAMES.get(kind, kind.__name__)}: "
+            "the report is corrupt, export again"
+        )
+    return value
 
 
 # --- ONNX files --------------------------------------------------------------------------------------
@@ -207,8 +213,18 @@ def graph_order(graph: dict) -> tuple:
 
 
 def describe_files(bundle: Path, names) -> dict[str, dict]:
-    """Bytes and sha256 of the checkpoint files the export copied (tokenizer, processor, configs)."""
-    return {name: file_facts(bundle / name) for name in sorted(names) if (bundle / name).is_file()}
+    """Bytes and sha256 of the checkpoint files the export copied (tokenizer, processor, configs).
+
+    Only plain file names of the bundle are described: the list comes from a report on disk, and a
+    path out of the bundle would publish facts about a file that is not in it.
+    """
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise BundleError(
+            f"{bundle / EXPORT_REPORT}: 'copied_files' must be a list of file names: the report is corrupt, "
+            "export again"
+        )
+    plain = [n for n in names if n and Path(n).name == n and n not in (".", "..")]
+    return {name: file_facts(bundle / name) for name in sorted(set(plain)) if is_file(bundle / name)}
 
 
 # --- source, toolchain, tokens, prompt ---------------------------------------------------------------
@@ -220,9 +236,9 @@ def snapshot_commit(folder: str | None, revision: str | None) -> str | None:
     A revision given as a 40-hex commit is one; a folder inside the Hugging Face cache
     (``.../snapshots/<commit>``) names its commit in the path.
     """
-    if revision and _COMMIT.fullmatch(revision):
+    if isinstance(revision, str) and _COMMIT.fullmatch(revision):
         return revision
-    if folder:
+    if isinstance(folder, str) and folder:
         parts = Path(folder).parts
         if len(parts) >= 2 and parts[-2] == "snapshots" and _COMMIT.fullmatch(parts[-1]):
             return parts[-1]
@@ -243,7 +259,10 @@ def describe_source(source: dict, config_path: Path) -> dict:
 
 def describe_toolchain(report: dict, path: Path) -> dict:
     """Versions and exporter settings as the export stage recorded them (not this process's)."""
-    return {**_field(report, "toolchain", path), "exporter": dict(_field(report, "exporter", path))}
+    return {
+        **_field(report, "toolchain", path, dict),
+        "exporter": dict(_field(report, "exporter", path, dict)),
+    }
 
 
 def _first_set(key: str, *sources: dict):
@@ -252,7 +271,8 @@ def _first_set(key: str, *sources: dict):
 
 def token_ids(config: dict, generation: dict | None) -> dict:
     """Audio placeholder id from config.json; bos/eos/pad from generation_config.json, else text_config."""
-    text = config.get("text_config", {})
+    text = config.get("text_config")
+    text = text if isinstance(text, dict) else {}  # the schema then flags the ids it could not find
     gen = generation or {}
     audio = config.get("audio_token_index")
     return {
@@ -298,7 +318,7 @@ def read_quantisation(bundle: Path) -> dict[str, dict]:
 def collect_metadata(bundle: Path) -> dict:
     """The metadata document of ``bundle``; raises BundleError (one line) when a stage output is missing."""
     bundle = Path(bundle)
-    if not bundle.is_dir():
+    if not is_dir(bundle):
         raise BundleError(
             f"bundle folder {bundle} does not exist: run `granite-onnx export --out-dir {bundle}` first"
         )
@@ -310,7 +330,7 @@ def collect_metadata(bundle: Path) -> dict:
     parity = read_optional_json(bundle / PARITY_REPORT, f"run `granite-onnx parity --bundle {bundle}` again")
     return {
         "schema_version": SCHEMA_VERSION,
-        "source_model": describe_source(_field(export, "source", report_path), config_path),
+        "source_model": describe_source(_field(export, "source", report_path, dict), config_path),
         "toolchain": describe_toolchain(export, report_path),
         "graphs": describe_graphs(bundle),
         "files": describe_files(bundle, export.get("copied_files", [])),

@@ -8,10 +8,11 @@ document is validated before anything is written: a bundle never gets metadata i
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from ..errors import BundleError
-from ..staging import write_text_atomic
+from ..staging import make_temp_dir, merge_into
 from .card import render_card
 from .collect import collect_metadata
 from .schema import METADATA_FILE, validate_metadata
@@ -43,6 +44,15 @@ def write_metadata(bundle: Path) -> Path:
     doc = collect_metadata(bundle)
     validate_metadata(doc)
     text, card = metadata_json(doc), render_card(doc)
-    path = write_text_atomic(bundle / METADATA_FILE, text)
-    write_text_atomic(bundle / CARD_FILE, card)
-    return path
+    # Both files in one step: an interruption never leaves a card that describes other metadata.
+    staged = make_temp_dir(bundle, "metadata")
+    try:
+        (staged / METADATA_FILE).write_text(text, encoding="utf-8")
+        (staged / CARD_FILE).write_text(card, encoding="utf-8")
+        for name in (METADATA_FILE, CARD_FILE):
+            (staged / name).chmod(0o644)
+        merge_into(bundle, staged)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return bundle / METADATA_FILE

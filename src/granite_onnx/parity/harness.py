@@ -24,6 +24,7 @@ from ..runtime.audio import load_audio
 from ..runtime.bundle import available_tiers
 from ..runtime.features import audio_token_count, log_mel
 from ..runtime.pipeline import SpeechPipeline
+from ..userfiles import is_file
 from . import reference
 from .clips import Clip, load_clips
 from .metrics import NORMALISATION, ErrorStats, char_distance, first_divergence, normalise, top2_margins, wer
@@ -294,7 +295,7 @@ def gates(
 def _check_same_model(bundle: Path, checkpoint: Path) -> None:
     """Parity against another checkpoint would report a failure that is no fault of the graphs."""
     ours, theirs = bundle / "config.json", checkpoint / "config.json"
-    if ours.is_file() and theirs.is_file() and ours.read_bytes() != theirs.read_bytes():
+    if is_file(ours) and is_file(theirs) and ours.read_bytes() != theirs.read_bytes():
         raise GraniteOnnxError(
             f"{bundle} was exported from another checkpoint (its config.json differs from {theirs}): "
             "pass the --model-dir it was exported from"

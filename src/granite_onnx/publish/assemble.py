@@ -18,9 +18,11 @@ from pathlib import Path
 from ..checkpoint import BUNDLE_CHECKPOINT_FILES
 from ..errors import BundleError
 from ..metadata.card import render_card, reproduce_commands
+from ..metadata.schema import validate_metadata
 from ..metadata.stage import METADATA_FILE
 from ..parity.report import REPORT_FILE as PARITY_REPORT
 from ..staging import staged_dir
+from ..userfiles import is_file, read_json_object
 from .checksums import MANIFEST, manifest_text
 
 CARRIED_SUFFIXES = (".onnx", ".onnx_data")
@@ -84,9 +86,14 @@ def assemble(bundle: Path, dest: Path, force: bool = False) -> AssembleResult:
     """Assemble ``bundle`` into ``dest`` (written beside it, renamed into place when whole)."""
     bundle = Path(bundle)
     meta_path = bundle / METADATA_FILE
-    if not meta_path.is_file():
+    again = f"run `granite-onnx metadata --bundle {bundle}` again"
+    if not is_file(meta_path):
         raise BundleError(f"{meta_path} is missing: run `granite-onnx metadata --bundle {bundle}` first")
-    metadata = json.loads(meta_path.read_text())
+    metadata = read_json_object(meta_path, BundleError, again)
+    try:  # what the metadata stage wrote follows the schema; anything else was edited or truncated
+        validate_metadata(metadata)
+    except BundleError as exc:
+        raise BundleError(f"{meta_path}: {exc}: {again}") from exc
     failed = failed_gates(metadata)
     if failed and not force:
         raise GateRefusal(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from ..userfiles import is_file
+
 MANIFEST = "SHA256SUMS"
 CHUNK = 1 << 24
 
@@ -36,18 +38,24 @@ def verify_manifest(folder: Path) -> list[str]:
     """Problems found (empty = every listed file present with its digest, and nothing unlisted)."""
     folder = Path(folder)
     path = folder / MANIFEST
-    if not path.is_file():
+    if not is_file(path):
         return [f"{MANIFEST} is missing"]
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return [f"{MANIFEST} cannot be read as UTF-8 text ({type(exc).__name__})"]
     listed: dict[str, str] = {}
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         digest, _, name = line.partition("  ")
         if len(digest) != 64 or not name:
             return [f"{MANIFEST} has a malformed line: {line[:80]!r}"]
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            return [f"{MANIFEST} lists {name[:80]!r}, which is not a file inside the bundle"]
         listed[name] = digest
     problems = []
     for name, digest in listed.items():
         target = folder / name
-        if not target.is_file():
+        if not is_file(target):
             problems.append(f"{name} is listed in {MANIFEST} but missing")
         elif sha256_file(target) != digest:
             problems.append(f"{name} does not match its sha256 in {MANIFEST}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import onnx
@@ -75,9 +75,31 @@ class TierReport:
     seconds: float
     peak_rss_mib: float
     toolchain: dict = field(default_factory=versions)
+    skipped: bool = field(default=False, compare=False)  # up to date: nothing was re-quantised
+
+    @classmethod
+    def from_json(cls, doc: dict, skipped: bool = False) -> TierReport:
+        """Read back what :meth:`to_json` wrote (for a stage that was up to date)."""
+        keys = {f.name for f in fields(GraphQuantisation)}
+        graphs = tuple(
+            GraphQuantisation(**{k: v for k, v in {**g, "graph": name}.items() if k in keys})
+            for name, g in doc["graphs"].items()
+        )
+        return cls(
+            tier=doc["tier"],
+            method=doc["method"],
+            graphs=graphs,
+            fp32_graphs=tuple(doc.get("fp32_graphs", ())),
+            options=doc["options"],
+            seconds=doc["seconds"],
+            peak_rss_mib=doc["peak_rss_mib"],
+            toolchain=doc.get("toolchain", {}),
+            skipped=skipped,
+        )
 
     def to_json(self) -> dict:
         doc = asdict(self)
+        doc.pop("skipped")
         doc["report_version"] = REPORT_VERSION
         for g, graph in zip(doc["graphs"], self.graphs, strict=True):
             g["excluded"] = list(g["excluded"])

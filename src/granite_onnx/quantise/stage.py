@@ -10,6 +10,7 @@ bundle in one rename. A failed or interrupted run leaves the bundle as it was.
 from __future__ import annotations
 
 import fnmatch
+import json
 import shutil
 import tempfile
 import time
@@ -21,14 +22,17 @@ import onnx
 
 from ..audit import audit_file, check_kv_agreement, check_loads
 from ..errors import GraniteOnnxError
+from ..identity import copy_export_id
 from ..runtime.bundle import Bundle, graph_file
+from ..sidecar import sidecar_name
 from ..specs import DECODE_STEP, GRAPH_NAMES, PROMPT_ENCODE
-from ..staging import check_output_dir, merge_into
+from ..staging import check_output_dir, make_temp_dir, merge_into
+from ..stamps import Stamp, digests, folder_files, is_current, write_stamp
 from ..toolchain import peak_rss_mib
 from . import static
 from .calibration import CalibrationSet, collect
 from .job import GraphJob
-from .report import GraphQuantisation, TierReport, count_changes, graph_bytes, op_counts
+from .report import GraphQuantisation, TierReport, count_changes, graph_bytes, op_counts, report_file
 from .tiers import TIERS, Tier
 
 
@@ -75,7 +79,7 @@ def expand_exclude(patterns: tuple[str, ...], sources: dict[str, Path]) -> dict[
     if unused:
         raise GraniteOnnxError(
             f"--exclude {unused[0]!r} matches no node of {', '.join(p.name for p in sources.values())}: "
-            "give node names as the ONNX graph spells them (e.g. /language_model/lm_head/MatMul) or a pattern"
+            "give node names as the ONNX graph spells them (e.g. /lm_head/MatMul) or a pattern"
         )
     return matched
 
@@ -94,13 +98,33 @@ def audit_tier(stage: Path, tier: Tier) -> list[str]:
     return problems
 
 
+def tier_stamp(tier: Tier, sources: dict[str, Path], options: QuantiseOptions) -> Stamp:
+    """A tier's inputs: the FP32 graphs (and sidecars) it reads and, when it uses them, the clips.
+
+    ``threads`` is left out: it changes how fast a tier is written, not what is written.
+    """
+    files = {}
+    for path in sources.values():
+        files[path.name] = path
+        files[sidecar_name(path.name)] = path.with_name(sidecar_name(path.name))
+    if tier.needs_clips and options.clips is not None:
+        files.update(folder_files(Path(options.clips), prefix="clips/"))
+    doc = {k: v for k, v in options.to_json().items() if k != "threads"}
+    return Stamp(stage=f"quantise-{tier.name}", inputs=digests(files), options=doc)
+
+
 def quantise_bundle(
     bundle: Path,
     tier_name: str,
     options: QuantiseOptions = QuantiseOptions(),
     progress: Callable[[str], None] | None = None,
+    force: bool = False,
 ) -> TierReport:
-    """Write tier ``tier_name`` of the FP32 bundle at ``bundle``; returns what was measured."""
+    """Write tier ``tier_name`` of the FP32 bundle at ``bundle``; returns what was measured.
+
+    A tier already written from the same FP32 graphs, clips, options and toolchain (its stamp says so
+    and its files are intact) is not redone unless ``force``; its stored report comes back, ``skipped``.
+    """
     say = progress or (lambda _msg: None)
     start = time.perf_counter()
     tier = _tier(tier_name)
@@ -115,7 +139,11 @@ def quantise_bundle(
     excluded = expand_exclude(options.exclude, sources)
     if tier.needs_clips and options.clips is None:
         raise GraniteOnnxError(f"tier {tier.name} calibrates on real audio: pass --clips DIR")
-    stage = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.quantise-{tier.name}-", dir=bundle.parent))
+    stamp = tier_stamp(tier, sources, options)
+    if not force and is_current(bundle, stamp):
+        doc = json.loads((bundle / report_file(tier.name)).read_text(encoding="utf-8"))
+        return TierReport.from_json(doc, skipped=True)
+    stage = make_temp_dir(bundle, f"quantise-{tier.name}")
     scratch = stage / ".calibration"  # calibration feeds; removed before the merge
     try:
         calib: CalibrationSet | None = None
@@ -149,6 +177,7 @@ def quantise_bundle(
                 counts, details = tier.write_graph(job)
             finally:
                 shutil.rmtree(scratch_graph, ignore_errors=True)
+            copy_export_id(src, dst)
             graphs.append(
                 GraphQuantisation(
                     graph=name,
@@ -178,6 +207,7 @@ def quantise_bundle(
         )
         report.write(stage)
         shutil.rmtree(scratch, ignore_errors=True)
+        write_stamp(stage, stamp.with_outputs(stage, folder_files(stage)))
         merge_into(bundle, stage)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

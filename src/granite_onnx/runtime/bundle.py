@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BundleError
+from ..identity import check_same_export
 from ..specs import GRAPH_NAMES, GraphSpec, ModelDims, graph_specs
+from ..userfiles import is_dir, is_file, one_line, read_json_object
 from .features import FeatureConfig
+
+# The fix for a bundle file that is corrupt or hand-edited: the export writes (or copies) all of them.
+REEXPORT = "re-run `granite-onnx export` to rewrite the bundle"
 
 
 def graph_file(name: str, tier: str | None = None) -> str:
@@ -21,13 +25,16 @@ def tier_fp32_graphs(folder: Path, tier: str) -> tuple[str, ...]:
     the encoder). A tier without that declaration must have all three graphs of its own: a missing
     quantised graph is never silently replaced by the FP32 one."""
     report = Path(folder) / f"quantise_{tier}.json"
-    if not report.is_file():
+    if not is_file(report):  # a --tier too long for a file name is simply not there
         return ()
     try:
-        declared = json.loads(report.read_text(encoding="utf-8")).get("fp32_graphs", [])
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        data = read_json_object(report, BundleError, "")
+    except BundleError:  # unreadable: no declaration, so the tier must have all its own graphs
         return ()
-    return tuple(n for n in declared if n in GRAPH_NAMES)
+    declared = data.get("fp32_graphs")
+    if not isinstance(declared, list):
+        return ()
+    return tuple(n for n in declared if isinstance(n, str) and n in GRAPH_NAMES)
 
 
 def resolve_graphs(folder: Path, tier: str | None) -> tuple[dict[str, Path], list[str]]:
@@ -38,7 +45,7 @@ def resolve_graphs(folder: Path, tier: str | None) -> tuple[dict[str, Path], lis
     for name in GRAPH_NAMES:
         path = folder / graph_file(name, None if name in fp32 else tier)
         paths[name] = path
-        if not path.is_file():
+        if not is_file(path):
             missing.append(path.name)
     return paths, missing
 
@@ -57,12 +64,12 @@ class Bundle:
     @classmethod
     def open(cls, folder: Path, tier: str | None = None) -> Bundle:
         folder = Path(folder)
-        if not folder.is_dir():
+        if not is_dir(folder):
             raise BundleError(
                 f"bundle folder {folder} does not exist: run `granite-onnx export --out-dir {folder}`"
             )
         config_path = folder / "config.json"
-        if not config_path.is_file():
+        if not is_file(config_path):
             raise BundleError(
                 f"{config_path} is missing: {folder} is not a granite-onnx bundle (export again)"
             )
@@ -71,10 +78,15 @@ class Bundle:
             raise BundleError(
                 f"{folder} lacks {', '.join(missing)}: run the export (or quantise) stage again"
             )
-        config = json.loads(config_path.read_text())
+        config = read_json_object(config_path, BundleError, REEXPORT)
+        try:
+            dims = ModelDims.from_config(config)
+        except ValueError as exc:
+            raise BundleError(f"{config_path}: {one_line(exc)}: {REEXPORT}") from exc
         pre = folder / "preprocessor_config.json"
-        features = FeatureConfig.from_file(pre) if pre.is_file() else FeatureConfig()
-        return cls(folder, ModelDims.from_config(config), features, _eos_ids(folder, config), tier, graphs)
+        features = FeatureConfig.from_file(pre, REEXPORT) if pre.is_file() else FeatureConfig()
+        check_same_export(graphs)  # a graph copied in from another bundle is refused before it runs
+        return cls(folder, dims, features, _eos_ids(folder, config), tier, graphs)
 
     @property
     def specs(self) -> dict[str, GraphSpec]:
@@ -86,14 +98,26 @@ class Bundle:
 
 
 def _eos_ids(folder: Path, config: dict) -> tuple[int, ...]:
-    """End-of-sequence ids, from generation_config.json where present (what ``generate`` uses)."""
+    """End-of-sequence ids, from generation_config.json where present (what ``generate`` uses).
+
+    An id that is not an integer would never equal a generated token, so decoding would silently run
+    to the token budget every time: it is refused here, naming the file it came from.
+    """
     gen = folder / "generation_config.json"
-    value = json.loads(gen.read_text()).get("eos_token_id") if gen.is_file() else None
+    source = gen
+    value = read_json_object(gen, BundleError, REEXPORT).get("eos_token_id") if gen.is_file() else None
     if value is None:
-        value = config.get("text_config", {}).get("eos_token_id")
+        source = folder / "config.json"
+        value = config["text_config"].get("eos_token_id")  # text_config: checked by ModelDims.from_config
     if value is None:
         return ()
-    return tuple(value) if isinstance(value, list) else (int(value),)
+    ids = value if isinstance(value, list) else [value]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise BundleError(
+            f"{source}: eos_token_id must be a token id or a list of them, got {one_line(repr(value), 60)}: "
+            f"{REEXPORT}"
+        )
+    return tuple(ids)
 
 
 def available_tiers(folder: Path) -> list[str | None]:

@@ -20,15 +20,16 @@ from it by float32 rounding only (see ``tests/test_features.py`` for the measure
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from granite_onnx.errors import AudioError
+from granite_onnx.errors import AudioError, BundleError
+from granite_onnx.userfiles import json_kind, one_line, read_json_object
 
 __all__ = [
     "FeatureConfig",
@@ -37,10 +38,31 @@ __all__ = [
     "log_mel",
     "log_mel_batch",
     "mel_frame_count",
+    "min_audio_samples",
 ]
 
 _LOG_FLOOR = 1e-10  # clamp before log10, as the extractor's clip_(min=1e-10)
 _DYNAMIC_RANGE = 8.0  # log10 units kept below the utterance maximum (80 dB)
+
+
+def _shown(value: object) -> str:
+    """A config value for a one-line message: short repr for scalars, the JSON kind for containers."""
+    if isinstance(value, dict | list):
+        return f"a JSON {json_kind(value)}"
+    return one_line(repr(value), 60)
+
+
+# Upper bounds far above any real extractor (4.1-2b: 16 kHz, n_fft 512, 80 mels): a corrupt config must
+# fail here, not as a multi-GB window or filterbank allocation.
+_UPPER = {
+    "sampling_rate": 768_000,
+    "n_fft": 1 << 16,
+    "win_length": 1 << 16,
+    "hop_length": 1 << 16,
+    "n_mels": 1024,
+    "projector_window_size": 4096,
+    "projector_downsample_rate": 4096,
+}
 
 
 @dataclass(frozen=True)
@@ -62,7 +84,10 @@ class FeatureConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"FeatureConfig.{f.name} must be a positive int, got {value!r}")
+                raise ValueError(f"{f.name} must be a positive integer, got {_shown(value)}")
+            if value > _UPPER[f.name]:
+                limit = _UPPER[f.name]
+                raise ValueError(f"{f.name} {value} is beyond any speech front-end (at most {limit})")
         if self.win_length > self.n_fft:
             raise ValueError(f"win_length ({self.win_length}) must not exceed n_fft ({self.n_fft})")
 
@@ -83,7 +108,7 @@ class FeatureConfig:
             d = nested
         kwargs: dict[str, int] = {}
         for f in fields(cls):
-            if f.name in d and d[f.name] is not None:
+            if f.name in d:  # null is not "missing": the extractor would be built with None and fail
                 value = d[f.name]
                 if isinstance(value, float) and value.is_integer():
                     value = int(value)
@@ -91,10 +116,22 @@ class FeatureConfig:
         return cls(**kwargs)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> FeatureConfig:
-        """Read ``preprocessor_config.json`` (or ``processor_config.json``) from disk."""
-        with open(path, encoding="utf-8") as fh:
-            return cls.from_dict(json.load(fh))
+    def from_file(
+        cls, path: str | os.PathLike[str], fix: str = "re-run `granite-onnx export` to rewrite the bundle"
+    ) -> FeatureConfig:
+        """Read ``preprocessor_config.json`` (or ``processor_config.json``) from disk.
+
+        Raises:
+            BundleError: the file is unreadable, not a JSON object, or holds a value the extractor
+                cannot use (a sampling rate that is not a positive integer, ...); one line naming the
+                file and ending in ``fix``.
+        """
+        path = Path(path)
+        data = read_json_object(path, BundleError, fix)
+        try:
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise BundleError(f"{path}: {one_line(exc)}: {fix}") from exc
 
 
 @functools.lru_cache(maxsize=16)
@@ -174,10 +211,15 @@ def _as_waveform(audio: np.ndarray, what: str = "audio") -> np.ndarray:
     return arr
 
 
+def min_audio_samples(cfg: FeatureConfig) -> int:
+    """Fewest samples the extractor accepts: torch's reflect padding needs more than it pads (n_fft // 2)."""
+    return cfg.n_fft // 2 + 1
+
+
 def _power_mel(x: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     """``[frames, n_mels]`` mel power of one float64 waveform (no log)."""
     pad = cfg.n_fft // 2
-    if x.shape[0] <= pad:
+    if x.shape[0] < min_audio_samples(cfg):
         # torch's reflect padding needs more samples than it pads, so the reference refuses too.
         raise AudioError(
             f"audio is {x.shape[0]} samples long; the feature extractor needs at least {pad + 1} "

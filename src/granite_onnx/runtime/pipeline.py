@@ -17,7 +17,7 @@ from ..errors import AudioError, BundleError
 from ..specs import DECODE_STEP, ENCODER, PROMPT_ENCODE, past_name
 from .audio import load_audio
 from .bundle import Bundle
-from .features import audio_token_count, log_mel
+from .features import audio_token_count, log_mel, min_audio_samples
 from .prompt import DEFAULT_INSTRUCTION, PromptBuilder
 from .sessions import open_session
 
@@ -165,7 +165,8 @@ class SpeechPipeline:
         )
 
     def transcribe_file(self, path: Path, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> Transcript:
-        audio = load_audio(path, self.bundle.features.sampling_rate)
+        cfg = self.bundle.features
+        audio = load_audio(path, cfg.sampling_rate, min_samples=min_audio_samples(cfg))
         try:
             return self.transcribe_array(audio, max_new_tokens)
         except AudioError as exc:  # name the file: the array-level checks cannot

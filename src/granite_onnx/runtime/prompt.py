@@ -19,9 +19,11 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
 from ..errors import BundleError
+from ..userfiles import one_line, read_json_object
 
 AUDIO_PLACEHOLDER = "<|audio|>"
 DEFAULT_INSTRUCTION = "can you transcribe the speech into a written format?"
+_COPIED = "export again, it is copied from the checkpoint"
 
 
 def _raise(message: str):
@@ -49,18 +51,29 @@ class PromptBuilder:
         path = self.folder / "tokenizer.json"
         if not path.is_file():
             raise BundleError(f"{path} is missing: export again, it is copied from the checkpoint")
-        return Tokenizer.from_file(str(path))
+        try:
+            return Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises a bare Exception for every malformed file
+            raise BundleError(
+                f"{path} is not a tokenizers file ({one_line(exc, 120)}): export again, it is copied from "
+                "the checkpoint"
+            ) from exc
 
     @cached_property
     def _tokenizer_config(self) -> dict:
         path = self.folder / "tokenizer_config.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return read_json_object(path, BundleError, _COPIED) if path.is_file() else {}
 
     @cached_property
     def chat_template(self) -> str:
         path = self.folder / "chat_template.jinja"
         if path.is_file():
-            return path.read_text()
+            try:
+                return path.read_bytes().decode("utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise BundleError(
+                    f"cannot read {path} as UTF-8 text ({type(exc).__name__}): {_COPIED}"
+                ) from exc
         template = self._tokenizer_config.get("chat_template")
         if not isinstance(template, str):
             raise BundleError(
@@ -71,8 +84,11 @@ class PromptBuilder:
     @cached_property
     def audio_placeholder(self) -> str:
         path = self.folder / "processor_config.json"
-        config = json.loads(path.read_text()) if path.is_file() else {}
-        return config.get("audio_token", AUDIO_PLACEHOLDER)
+        config = read_json_object(path, BundleError, _COPIED) if path.is_file() else {}
+        token = config.get("audio_token", AUDIO_PLACEHOLDER)
+        if not isinstance(token, str) or not token:
+            raise BundleError(f"{path}: audio_token must be a non-empty string, got {token!r:.60}: {_COPIED}")
+        return token
 
     def special_token(self, key: str) -> str | None:
         value = self._tokenizer_config.get(key)
@@ -87,7 +103,12 @@ class PromptBuilder:
 
     def input_ids(self, audio_tokens: int, instruction: str = DEFAULT_INSTRUCTION) -> list[int]:
         """Prompt ids with the placeholder repeated ``audio_tokens`` times (one per audio embedding)."""
-        text = self.render(instruction)
+        try:
+            text = self.render(instruction)
+        except jinja2.TemplateError as exc:
+            raise BundleError(
+                f"the chat template of {self.folder} does not render ({one_line(exc, 120)}): {_COPIED}"
+            ) from exc
         if text.count(self.audio_placeholder) != 1:
             raise BundleError(
                 f"the chat prompt must hold exactly one {self.audio_placeholder}; got: {text!r}"

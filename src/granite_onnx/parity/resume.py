@@ -1,0 +1,81 @@
+"""Parity as a resumable stage: skip the PyTorch comparison when nothing it reads has changed.
+
+Parity is the slowest stage after export (every clip through PyTorch and every tier). Its stamp
+covers the bundle's graphs, sidecars and config files, the checkpoint's files, the clips, the options
+that change results and the toolchain (see :mod:`granite_onnx.stamps`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..checkpoint import BUNDLE_CHECKPOINT_FILES, CheckpointSource
+from ..stamps import Stamp, digests, folder_files, is_current, write_stamp
+from .harness import ParityOptions, run_parity
+from .report import REPORT_FILE, ParityReport
+
+# Options that change how parity runs, not what it finds.
+_SPEED_ONLY = ("jobs", "threads")
+
+
+def parity_stamp(
+    bundle: Path, checkpoint: CheckpointSource, clips_dir: Path, options: ParityOptions
+) -> Stamp:
+    bundle = Path(bundle)
+    files = {
+        f"bundle/{p.name}": p
+        for p in sorted(bundle.iterdir())
+        if p.is_file()
+        and (
+            p.suffix in (".onnx", ".onnx_data")
+            or p.name in BUNDLE_CHECKPOINT_FILES
+            or p.name.startswith("quantise_")
+        )
+    }
+    files |= folder_files(checkpoint.path, prefix="checkpoint/")
+    files |= folder_files(Path(clips_dir), prefix="clips/")
+    doc = {k: v for k, v in asdict(options).items() if k not in _SPEED_ONLY}
+    doc["checkpoint"] = {"model_id": checkpoint.model_id, "is_fixture": checkpoint.is_fixture}
+    return Stamp(stage="parity", inputs=digests(files), options=doc)
+
+
+@dataclass(frozen=True)
+class ParityStageResult:
+    """The report as written (``document``), and the fresh report object when parity ran."""
+
+    document: dict
+    report: ParityReport | None
+    skipped: bool
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.document.get("passed"))
+
+    def failed_gates(self) -> list[dict]:
+        return [g for g in self.document.get("gates", []) if not g.get("passed")]
+
+
+def parity_stage(
+    bundle: Path,
+    checkpoint: CheckpointSource,
+    clips_dir: Path,
+    options: ParityOptions | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    force: bool = False,
+) -> ParityStageResult:
+    """Run parity and write its report (and stamp) into ``bundle``, unless it is up to date."""
+    bundle, options = Path(bundle), options or ParityOptions()
+    readable = bundle.is_dir() and Path(clips_dir).is_dir() and Path(checkpoint.path).is_dir()
+    # Missing folders are left to run_parity, whose errors name them and the fix.
+    stamp = parity_stamp(bundle, checkpoint, clips_dir, options) if readable else None
+    if stamp is not None and not force and is_current(bundle, stamp):
+        document = json.loads((bundle / REPORT_FILE).read_text(encoding="utf-8"))
+        return ParityStageResult(document, None, skipped=True)
+    report = run_parity(bundle, checkpoint, clips_dir, options, progress)
+    report.write(bundle)
+    if stamp is not None:
+        write_stamp(bundle, stamp.with_outputs(bundle, [REPORT_FILE]))
+    return ParityStageResult(report.to_json(), report, skipped=False)
