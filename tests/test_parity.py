@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import jiwer
 import numpy as np
 import onnx
 import pytest
@@ -135,3 +136,35 @@ def test_parity_refuses_a_checkpoint_the_bundle_was_not_exported_from(tiny_bundl
     )
     assert result.exit_code == 2
     assert "exported from another checkpoint" in result.stderr
+
+
+def test_each_clips_folder_is_summarised_as_its_own_set(tiny_bundle, tiny_ckpt, tmp_path, clip_manifest):
+    """Two --clips folders: one report, clips tagged with their folder, measures pooled per folder."""
+    folders = []
+    for name, entries in (("first", clip_manifest[:2]), ("second", clip_manifest[2:3])):
+        folder = tmp_path / name
+        folder.mkdir()
+        for entry in entries:
+            shutil.copyfile(CLIPS / entry["file"], folder / entry["file"])
+        (folder / "manifest.json").write_text(json.dumps({"clips": entries}))
+        folders.append(folder)
+    got = run_parity(tiny_bundle, CheckpointSource(tiny_ckpt), folders, ParityOptions(max_new_tokens=4))
+    assert [c.clip_set for c in got.multi_clip_parity] == ["first", "first", "second"]
+    assert list(got.sets) == ["first", "second"]
+    assert got.sets["first"]["clips"] == 2 and got.sets["second"]["clips"] == 1
+    fp32 = got.sets["first"]["tiers"]["fp32"]
+    assert fp32["wer_vs_pytorch"] == 0.0 and fp32["divergent_clips"] == 0  # FP32 is byte-exact
+    refs = [(c.reference_text, c.pytorch_text) for c in got.multi_clip_parity[:2]]
+    want = jiwer.wer([normalise(r) for r, _ in refs], [normalise(h) for _, h in refs])
+    assert got.sets["first"]["pytorch_wer_vs_reference"] == pytest.approx(want, abs=1e-6)
+
+
+def test_the_same_clip_name_in_two_folders_is_a_user_error(tmp_path):
+    from granite_onnx.errors import GraniteOnnxError
+    from granite_onnx.parity.clips import load_clip_sets
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        shutil.copyfile(CLIPS / "jfk.flac", tmp_path / name / "jfk.flac")
+    with pytest.raises(GraniteOnnxError, match="jfk.flac is in both"):
+        load_clip_sets([tmp_path / "a", tmp_path / "b"])

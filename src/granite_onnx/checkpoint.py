@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from transformers import GraniteSpeechForConditionalGeneration
 
 TINY_MODEL = "tiny"
+# A small Granite Speech trained on synthetic speech (training/): shipped with the package, so its
+# quantisation quality can be measured where the real checkpoint cannot be downloaded.
+TRAINED_MODEL = "trained"
+TRAINED_DIR = Path(__file__).resolve().parent / "assets" / "trained"
 AUDIO_TOKEN = "<|audio|>"
 SUPPORTED_MODEL_TYPE = "granite_speech"
 EXAMPLE_MODEL_ID = "ibm-granite/granite-speech-4.1-2b"
@@ -92,6 +96,10 @@ def resolve_checkpoint(
         from granite_onnx.fixtures import tiny_checkpoint_dir
 
         return CheckpointSource(path=tiny_checkpoint_dir(), model_id=TINY_MODEL, is_fixture=True)
+    if model == TRAINED_MODEL:
+        if revision is not None:
+            raise _error("--revision does not apply to --model trained (it ships with granite-onnx)")
+        return CheckpointSource(path=TRAINED_DIR, model_id=TRAINED_MODEL, is_fixture=True)
     return CheckpointSource(path=_download(model, revision), model_id=model, revision=revision)
 
 

@@ -66,14 +66,16 @@ def _source(model_dir: Path | None, model: str | None, revision: str | None):
 
     if (model_dir is None) == (model is None):
         raise click.UsageError(
-            "give exactly one of --model-dir DIR or --model ID (use --model tiny for the fixture)"
+            "give exactly one of --model-dir DIR or --model ID (--model tiny or trained for the fixtures)"
         )
     return resolve_checkpoint(model_dir, model, revision)
 
 
 @cli.command()
 @click.option("--model-dir", type=click.Path(path_type=Path), help="Local Hugging Face checkpoint folder.")
-@click.option("--model", help="Hub model id (needs a network), or 'tiny' for the built-in fixture.")
+@click.option(
+    "--model", help="Hub model id (needs a network), 'tiny' (random) or 'trained' (shipped fixtures)."
+)
 @click.option("--revision", help="Hub revision (branch, tag or commit) with --model.")
 @click.option(
     "--out-dir", required=True, type=click.Path(path_type=Path), help="Bundle folder to (re)create."
@@ -191,14 +193,16 @@ def transcribe(bundle, tier, max_new_tokens, threads, as_json, audio) -> None:
 @click.option(
     "--model-dir", type=click.Path(path_type=Path), help="The checkpoint the bundle was exported from."
 )
-@click.option("--model", help="Hub id, or 'tiny' for the built-in fixture.")
+@click.option("--model", help="Hub id, or 'tiny' / 'trained' for the built-in fixtures.")
 @click.option("--revision", help="Hub revision with --model.")
 @click.option(
     "--clips",
-    "clips_dir",
+    "clips_dirs",
     required=True,
+    multiple=True,
     type=click.Path(path_type=Path),
-    help="Folder of audio clips (manifest.json gives order and human references).",
+    help="Folder of audio clips (manifest.json gives order and human references); repeat for several "
+    "clip sets, each summarised on its own.",
 )
 @click.option("--reference", default=None, help="Clip for the numeric block (default: the manifest's first).")
 @click.option("--tier", "tiers", multiple=True, help="Tiers to check (fp32, int8, ...); default: all found.")
@@ -221,19 +225,25 @@ def transcribe(bundle, tier, max_new_tokens, threads, as_json, audio) -> None:
     help="Gate quantised tiers on corpus WER, or (random weights) on divergences only at near-ties; "
     "auto picks near-tie for the built-in tiny model only.",
 )
+@click.option(
+    "--gate-set", default=None, help="Compute the gates on this --clips folder only (default: all)."
+)
+@click.option("--ungated", multiple=True, help="A quantised tier to measure and report without a gate.")
 @click.option("--force", is_flag=True, help="Run again even when the report is up to date.")
 def parity(
     bundle,
     model_dir,
     model,
     revision,
-    clips_dir,
+    clips_dirs,
     reference,
     tiers,
     wer_limit,
     max_new_tokens,
     jobs,
     quantised_gate,
+    gate_set,
+    ungated,
     force,
 ) -> None:
     """Measure the bundle against transformers' PyTorch model; exit 1 when a gate fails."""
@@ -245,7 +255,14 @@ def parity(
 
     source = _source(model_dir, model, revision)
     options = ParityOptions(
-        tuple(tiers), reference, max_new_tokens, wer_limit, jobs, quantised_gate=quantised_gate
+        tuple(tiers),
+        reference,
+        max_new_tokens,
+        wer_limit,
+        jobs,
+        quantised_gate=quantised_gate,
+        gate_set=gate_set,
+        ungated=tuple(ungated),
     )
     bars: list[tqdm] = []  # made on the first tick: an up-to-date report shows no empty bar
 
@@ -257,7 +274,7 @@ def parity(
         bars[0].set_postfix_str(what)
 
     try:
-        result = parity_stage(bundle, source, clips_dir, options, progress=tick, force=force)
+        result = parity_stage(bundle, source, clips_dirs, options, progress=tick, force=force)
     finally:
         for bar in bars:
             bar.close()
@@ -319,7 +336,7 @@ def publish(folder: Path, repo_id: str, revision: str | None, private: bool, dry
 @click.option("--repo-id", help="Download a published bundle from the Hub (needs a network) and check it.")
 @click.option("--revision", default=None, help="Hub revision with --repo-id.")
 @click.option("--model-dir", type=click.Path(path_type=Path), help="Also run parity against this checkpoint.")
-@click.option("--model", help="Hub id or 'tiny' for parity.")
+@click.option("--model", help="Hub id, 'tiny' or 'trained' for parity.")
 @click.option(
     "--clips", "clips_dir", type=click.Path(path_type=Path), default=Path("clips"), show_default=True
 )

@@ -153,8 +153,8 @@ class TinySpec:
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def build_tokenizer(spec: TinySpec = TinySpec()):
-    """Train the byte-level BPE on the built-in corpus and wrap it as a transformers fast tokenizer.
+def build_tokenizer(spec: TinySpec = TinySpec(), corpus: tuple[str, ...] = TRAINING_CORPUS):
+    """Train the byte-level BPE on ``corpus`` and wrap it as a transformers fast tokenizer.
 
     Training is deterministic for a fixed corpus and vocabulary size (checked by the fixture tests).
     """
@@ -171,7 +171,7 @@ def build_tokenizer(spec: TinySpec = TinySpec()):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(TRAINING_CORPUS, trainer=trainer)
+    bpe.train_from_iterator(corpus, trainer=trainer)
     if bpe.get_vocab_size() != spec.bpe_vocab_size:
         raise ValueError(
             f"the built-in corpus yields {bpe.get_vocab_size()} BPE tokens, not {spec.bpe_vocab_size}: "

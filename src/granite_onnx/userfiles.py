@@ -82,3 +82,10 @@ def read_json_object(path: Path, error: type[GraniteOnnxError], fix: str) -> dic
     if not isinstance(data, dict):
         raise error(f"{path} holds a JSON {json_kind(data)}, not an object: {fix}")
     return data
+
+
+def shown_path(path: Path) -> str:
+    """A folder as a report may show it: as given when relative (``synthetic/heldout``, which the card's
+    reproduce commands reuse), only its name when absolute (no home folders in published reports)."""
+    path = Path(path)
+    return path.name if path.is_absolute() else path.as_posix()

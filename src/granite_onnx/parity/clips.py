@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -18,6 +20,7 @@ MANIFEST_FIX = 'fix it (an object with "clips": [{"file": "a.flac", "transcript"
 class Clip:
     path: Path
     reference: str | None  # the human transcript, when the manifest has one
+    clip_set: str = ""  # the name of the --clips folder it came from
 
     @property
     def name(self) -> str:
@@ -91,4 +94,23 @@ def load_clips(folder: Path) -> list[Clip]:
         clips = [Clip(p, None) for p in sorted(folder.iterdir()) if p.suffix.lower() in AUDIO_SUFFIXES]
     if not clips:
         raise GraniteOnnxError(f"no audio files (wav/flac/ogg) in {folder}")
+    return [dataclasses.replace(c, clip_set=folder.name) for c in clips]
+
+
+def load_clip_sets(folders: Sequence[Path]) -> list[Clip]:
+    """The clips of every folder, folder by folder; a clip name must not occur in two folders (the
+    report keys clips by name)."""
+    names = [Path(f).name for f in folders]
+    if len(set(names)) != len(names):
+        raise GraniteOnnxError(
+            f"two --clips folders share a name ({', '.join(names)}): a report names each set by its folder"
+        )
+    clips = [c for folder in folders for c in load_clips(folder)]
+    seen: dict[str, Clip] = {}
+    for c in clips:
+        if c.name in seen:
+            raise GraniteOnnxError(
+                f"{c.name} is in both {seen[c.name].path.parent} and {c.path.parent}: rename one of them"
+            )
+        seen[c.name] = c
     return clips

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +24,9 @@ from ..runtime.audio import load_audio
 from ..runtime.bundle import available_tiers
 from ..runtime.features import audio_token_count, log_mel
 from ..runtime.pipeline import SpeechPipeline
-from ..userfiles import is_file
+from ..userfiles import is_file, shown_path
 from . import reference
-from .clips import Clip, load_clips
+from .clips import Clip, load_clip_sets
 from .metrics import NORMALISATION, ErrorStats, char_distance, first_divergence, normalise, top2_margins, wer
 from .report import (
     FP32,
@@ -37,6 +37,7 @@ from .report import (
     TeacherForcing,
     TierTranscript,
 )
+from .sets import set_summaries
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,10 @@ class ParityOptions:
     # divergence from PyTorch happens at one of its own near-ties), "auto" (near-tie for the random
     # tiny fixture, whose transcripts are noise to any INT8 error; wer otherwise).
     quantised_gate: str = "auto"
+    # Clip set (a --clips folder name) the quantised-tier gates are computed on; None: every clip. A trained
+    # model is gated where it transcribes (held-out speech); other sets are reported per set.
+    gate_set: str | None = None
+    ungated: tuple[str, ...] = ()  # quantised tiers measured and reported but given no gate
 
 
 QUANTISED_GATES = ("auto", "wer", "near-tie")
@@ -211,6 +216,7 @@ def clip_parity(ctx: _Context, clip: Clip) -> ClipParity:
         features.shape[1] * 2 * ctx.fp32.bundle.features.hop_length / ctx.fp32.bundle.features.sampling_rate
     )
     return ClipParity(
+        clip_set=clip.clip_set,
         clip=clip.name,
         duration_s=round(audio_seconds, 2),
         reference_text=clip.reference,
@@ -254,6 +260,16 @@ def _near_tie_gate(clips: tuple[ClipParity, ...], tier: str, wer_value: float) -
     if bad:
         detail = f"diverges at confident steps {bad} (near-tie limit {limit:.3f}); corpus WER {wer_value:.2%}"
     return Gate(f"{tier}_diverges_only_at_near_ties", not bad, detail)
+
+
+def _in_set(clips: tuple[ClipParity, ...], name: str | None) -> tuple[ClipParity, ...]:
+    if name is None:
+        return clips
+    chosen = tuple(c for c in clips if c.clip_set == name)
+    if not chosen:
+        sets = sorted({c.clip_set for c in clips})
+        raise GraniteOnnxError(f"--gate-set {name!r} names no --clips folder: choose from {', '.join(sets)}")
+    return chosen
 
 
 def gates(
@@ -317,14 +333,19 @@ def _run_clip(clip: Clip) -> ClipParity:
 def run_parity(
     bundle: Path,
     checkpoint: CheckpointSource,
-    clips_dir: Path,
+    clips_dir: Path | Sequence[Path],
     options: ParityOptions = ParityOptions(),
     progress: Callable[[int, int, str], None] | None = None,
 ) -> ParityReport:
-    """Measure every requested tier of ``bundle`` against the checkpoint's PyTorch model."""
+    """Measure every requested tier of ``bundle`` against the checkpoint's PyTorch model.
+
+    ``clips_dir`` is one folder or several (clip sets, summarised one by one in ``report.sets``); the
+    reference clip of the numeric block is the first set's first clip unless named.
+    """
     _check_same_model(Path(bundle), checkpoint.path)
     quantised_gate = resolve_quantised_gate(options.quantised_gate, checkpoint)
-    clips = load_clips(clips_dir)
+    folders = [Path(clips_dir)] if isinstance(clips_dir, str | Path) else [Path(f) for f in clips_dir]
+    clips = load_clip_sets(folders)
     ref_clip = (
         next((c for c in clips if c.name == options.reference_clip), None)
         if options.reference_clip
@@ -365,6 +386,20 @@ def run_parity(
         wer_limit=options.wer_limit,
         single_clip=blocks,
         multi_clip_parity=multi,
-        gates=gates(multi, blocks, tiers, options.wer_limit, quantised_gate),
+        gates=gates(
+            _in_set(multi, options.gate_set),
+            blocks,
+            tuple(t for t in tiers if t not in options.ungated),
+            options.wer_limit,
+            quantised_gate,
+        ),
         quantised_gate=quantised_gate,
+        sets={
+            name: {"folder": shown_path(folder), **summary}
+            for folder, (name, summary) in zip(
+                folders, set_summaries(multi, tuple(tiers)).items(), strict=True
+            )
+        },
+        gate_set=options.gate_set,
+        ungated=tuple(t for t in options.ungated if t in tiers),
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .metrics import ErrorStats
@@ -59,6 +59,7 @@ class ClipParity:
     pytorch_wer_vs_reference: float | None
     tiers: tuple[TierTranscript, ...]
     pytorch_margins: tuple[float, ...] = ()  # PyTorch's top-1 minus top-2 logit at every greedy step
+    clip_set: str = ""  # the --clips folder the clip came from (see parity.sets)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,9 @@ class ParityReport:
     multi_clip_parity: tuple[ClipParity, ...]
     gates: tuple[Gate, ...]
     quantised_gate: str = "wer"  # how quantised tiers were gated: "wer" or "near-tie" (see harness)
+    sets: dict = field(default_factory=dict)  # clip set -> pooled measures (see parity.sets)
+    gate_set: str | None = None  # the clip set the gates were computed on (None: every clip)
+    ungated: tuple[str, ...] = ()  # tiers reported without a gate
     schema_version: int = SCHEMA_VERSION
 
     @property

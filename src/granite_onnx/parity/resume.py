@@ -8,12 +8,13 @@ that change results and the toolchain (see :mod:`granite_onnx.stamps`).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..checkpoint import BUNDLE_CHECKPOINT_FILES, CheckpointSource
 from ..stamps import Stamp, digests, folder_files, is_current, write_stamp
+from ..userfiles import is_dir
 from .harness import ParityOptions, run_parity
 from .report import REPORT_FILE, ParityReport
 
@@ -22,7 +23,7 @@ _SPEED_ONLY = ("jobs", "threads")
 
 
 def parity_stamp(
-    bundle: Path, checkpoint: CheckpointSource, clips_dir: Path, options: ParityOptions
+    bundle: Path, checkpoint: CheckpointSource, clips_dirs: Sequence[Path], options: ParityOptions
 ) -> Stamp:
     bundle = Path(bundle)
     files = {
@@ -36,7 +37,8 @@ def parity_stamp(
         )
     }
     files |= folder_files(checkpoint.path, prefix="checkpoint/")
-    files |= folder_files(Path(clips_dir), prefix="clips/")
+    for folder in clips_dirs:
+        files |= folder_files(Path(folder), prefix=f"clips/{Path(folder).name}/")
     doc = {k: v for k, v in asdict(options).items() if k not in _SPEED_ONLY}
     doc["checkpoint"] = {"model_id": checkpoint.model_id, "is_fixture": checkpoint.is_fixture}
     return Stamp(stage="parity", inputs=digests(files), options=doc)
@@ -61,20 +63,21 @@ class ParityStageResult:
 def parity_stage(
     bundle: Path,
     checkpoint: CheckpointSource,
-    clips_dir: Path,
+    clips_dirs: Path | Sequence[Path],
     options: ParityOptions | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     force: bool = False,
 ) -> ParityStageResult:
     """Run parity and write its report (and stamp) into ``bundle``, unless it is up to date."""
     bundle, options = Path(bundle), options or ParityOptions()
-    readable = bundle.is_dir() and Path(clips_dir).is_dir() and Path(checkpoint.path).is_dir()
+    folders = [Path(clips_dirs)] if isinstance(clips_dirs, str | Path) else [Path(f) for f in clips_dirs]
+    readable = bundle.is_dir() and all(is_dir(f) for f in folders) and is_dir(Path(checkpoint.path))
     # Missing folders are left to run_parity, whose errors name them and the fix.
-    stamp = parity_stamp(bundle, checkpoint, clips_dir, options) if readable else None
+    stamp = parity_stamp(bundle, checkpoint, folders, options) if readable else None
     if stamp is not None and not force and is_current(bundle, stamp):
         document = json.loads((bundle / REPORT_FILE).read_text(encoding="utf-8"))
         return ParityStageResult(document, None, skipped=True)
-    report = run_parity(bundle, checkpoint, clips_dir, options, progress)
+    report = run_parity(bundle, checkpoint, folders, options, progress)
     report.write(bundle)
     if stamp is not None:
         write_stamp(bundle, stamp.with_outputs(bundle, [REPORT_FILE]))

@@ -37,6 +37,25 @@ def summary_lines(report: ParityReport) -> list[str]:
                 f"    {t.tier:8s} {_pct(t.wer_vs_pytorch):>7s} {_pct(t.wer_vs_reference):>7s} "
                 f"{t.levenshtein_vs_fp32:5d}  {state}"
             )
+    lines += set_lines(report.sets)
     lines.append("gates:")
     lines += [f"  {'PASS' if g.passed else 'FAIL'} {g.name}: {g.detail}" for g in report.gates]
+    return lines
+
+
+def set_lines(sets: dict) -> list[str]:
+    """Per clip set: PyTorch against the references, then each tier against PyTorch and the references."""
+    lines = []
+    for name, s in sets.items():
+        lines.append(
+            f"clip set {name} ({s['clips']} clips): PyTorch WER vs reference "
+            f"{_pct(s['pytorch_wer_vs_reference'])}, CER {_pct(s['pytorch_cer_vs_reference'])}, "
+            f"median top-1/top-2 margin {s['pytorch_median_margin']}"
+        )
+        for tier, t in s["tiers"].items():
+            margins = ", ".join(f"{m:.2f}" for m in t["margins_at_divergence"]) or "none"
+            lines.append(
+                f"  {tier:8s} WER vs PyTorch {_pct(t['wer_vs_pytorch']):>7s}  vs reference "
+                f"{_pct(t['wer_vs_reference']):>7s}  margins at divergence: {margins}"
+            )
     return lines

@@ -29,6 +29,7 @@ from ..specs import DECODE_STEP, GRAPH_NAMES, PROMPT_ENCODE
 from ..staging import check_output_dir, make_temp_dir, merge_into
 from ..stamps import Stamp, digests, folder_files, is_current, write_stamp
 from ..toolchain import peak_rss_mib
+from ..userfiles import shown_path
 from . import static
 from .calibration import CalibrationSet, collect
 from .job import GraphJob
@@ -53,7 +54,7 @@ class QuantiseOptions:
     def to_json(self) -> dict:
         doc = asdict(self)
         doc["exclude"] = list(self.exclude)
-        doc["clips"] = Path(self.clips).name if self.clips else None
+        doc["clips"] = shown_path(self.clips) if self.clips else None
         return doc
 
 
