@@ -85,24 +85,9 @@ def tokenizer_corpus(texts: list[str]) -> tuple[str, ...]:
 
 
 def make_tokenizer(texts: list[str]):
-    """BPE on the transcripts; the vocabulary size is what the corpus yields below SPEC's target."""
-    spec = SPEC
-    try:
-        return spec, build_tokenizer(spec, tokenizer_corpus(texts))
-    except ValueError:
-        from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-        bpe = Tokenizer(models.BPE())
-        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        trainer = trainers.BpeTrainer(
-            vocab_size=spec.bpe_vocab_size,
-            special_tokens=list(LEADING_SPECIAL_TOKENS),
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        )
-        bpe.train_from_iterator(tokenizer_corpus(texts), trainer=trainer)
-        spec = dataclasses.replace(spec, bpe_vocab_size=bpe.get_vocab_size())
-        return spec, build_tokenizer(spec, tokenizer_corpus(texts))
+    """BPE on the transcripts and the prompt text (build_tokenizer fails, naming the size, if the corpus
+    cannot fill SPEC's vocabulary)."""
+    return SPEC, build_tokenizer(SPEC, tokenizer_corpus(texts))
 
 
 def write_checkpoint_files(folder: Path, spec: TinySpec, tokenizer, model) -> None:
