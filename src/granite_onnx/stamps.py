@@ -128,3 +128,13 @@ def is_current(folder: Path, stamp: Stamp) -> bool:
         if not path.is_file() or file_digest(path) != digest:
             return False
     return True
+
+
+def stored_report(folder: Path, stamp: Stamp, report: str, force: bool = False) -> dict | None:
+    """The report a stage wrote last time when it is up to date (see :func:`is_current`), else None.
+
+    ``report`` is one of the stamp's outputs, so its hash was just checked and it parses.
+    """
+    if force or not is_current(folder, stamp):
+        return None
+    return json.loads((Path(folder) / report).read_text(encoding="utf-8"))

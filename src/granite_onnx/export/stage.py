@@ -41,7 +41,7 @@ from ..specs import (
     graph_specs,
 )
 from ..staging import check_output_dir, staged_dir
-from ..stamps import Stamp, digests, folder_files, is_current, write_stamp
+from ..stamps import Stamp, digests, folder_files, stored_report, write_stamp
 from ..toolchain import peak_rss_mib, versions
 from ..verify import verify_bundle
 from .trace import reference_outputs, trace_graph
@@ -203,9 +203,9 @@ def export_bundle(
     check_output_dir(Path(out_dir))
     say(f"hashing the files of {source.path} (an unchanged export is skipped)")
     stamp = export_stamp(source, options)
-    if not force and is_current(Path(out_dir), stamp):
-        report = json.loads((Path(out_dir) / REPORT_FILE).read_text(encoding="utf-8"))
-        return ExportResult.from_json(report, skipped=True)
+    stored = stored_report(Path(out_dir), stamp, REPORT_FILE, force)
+    if stored is not None:
+        return ExportResult.from_json(stored, skipped=True)
     # Only what changes the graphs' bytes: a --graph subset or --no-check run gets the same id.
     export_id = make_export_id(stamp.inputs, {"length_patches": options.length_patches}, versions())
     say(f"loading {source.path}")

@@ -7,13 +7,12 @@ that change results and the toolchain (see :mod:`granite_onnx.stamps`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..checkpoint import BUNDLE_CHECKPOINT_FILES, CheckpointSource
-from ..stamps import Stamp, digests, folder_files, is_current, write_stamp
+from ..stamps import Stamp, digests, folder_files, stored_report, write_stamp
 from ..userfiles import is_dir
 from .harness import ParityOptions, run_parity
 from .report import REPORT_FILE, ParityReport
@@ -74,9 +73,9 @@ def parity_stage(
     readable = bundle.is_dir() and all(is_dir(f) for f in folders) and is_dir(Path(checkpoint.path))
     # Missing folders are left to run_parity, whose errors name them and the fix.
     stamp = parity_stamp(bundle, checkpoint, folders, options) if readable else None
-    if stamp is not None and not force and is_current(bundle, stamp):
-        document = json.loads((bundle / REPORT_FILE).read_text(encoding="utf-8"))
-        return ParityStageResult(document, None, skipped=True)
+    stored = stored_report(bundle, stamp, REPORT_FILE, force) if stamp is not None else None
+    if stored is not None:
+        return ParityStageResult(stored, None, skipped=True)
     report = run_parity(bundle, checkpoint, folders, options, progress)
     report.write(bundle)
     if stamp is not None:

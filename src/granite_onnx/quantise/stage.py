@@ -10,7 +10,6 @@ bundle in one rename. A failed or interrupted run leaves the bundle as it was.
 from __future__ import annotations
 
 import fnmatch
-import json
 import shutil
 import tempfile
 import time
@@ -27,7 +26,7 @@ from ..runtime.bundle import Bundle, graph_file
 from ..sidecar import sidecar_name
 from ..specs import DECODE_STEP, GRAPH_NAMES, PROMPT_ENCODE
 from ..staging import check_output_dir, make_temp_dir, merge_into
-from ..stamps import Stamp, digests, folder_files, is_current, write_stamp
+from ..stamps import Stamp, digests, folder_files, stored_report, write_stamp
 from ..toolchain import peak_rss_mib
 from ..userfiles import shown_path
 from . import static
@@ -141,9 +140,9 @@ def quantise_bundle(
     if tier.needs_clips and options.clips is None:
         raise GraniteOnnxError(f"tier {tier.name} calibrates on real audio: pass --clips DIR")
     stamp = tier_stamp(tier, sources, options)
-    if not force and is_current(bundle, stamp):
-        doc = json.loads((bundle / report_file(tier.name)).read_text(encoding="utf-8"))
-        return TierReport.from_json(doc, skipped=True)
+    stored = stored_report(bundle, stamp, report_file(tier.name), force)
+    if stored is not None:
+        return TierReport.from_json(stored, skipped=True)
     stage = make_temp_dir(bundle, f"quantise-{tier.name}")
     scratch = stage / ".calibration"  # calibration feeds; removed before the merge
     try:
