@@ -35,7 +35,7 @@ from granite_onnx.quantise.tiers import TIERS
 from granite_onnx.specs import DECODE_STEP, ENCODER, GRAPH_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = REPO.parent / "shared" / "configs" / "granite-speech-4.1-2b.json"
+DEFAULT_CONFIG = REPO / "bench" / "configs" / "granite-speech-4.1-2b.json"  # copied from ../shared/configs
 ENCODER_CLIP = "mfa-acoustic-corpus.flac"
 ENCODER_SECONDS = 30.0
 ENCODER_REPEATS = 2
@@ -95,13 +95,13 @@ def run_child(cmd: list[str], tail: int = 20) -> Child:
 # --- the full-size bundle ----------------------------------------------------------------------------
 
 
-def build_full_bundle(work: Path, config: Path) -> Path:
+def build_full_bundle(work: Path, config: Path, jobs: int = 1, check: bool = True) -> Path:
     """``<work>/bundle`` with the three FP32 graphs (exported by bench/export_full.py when missing)."""
     bundle = work / "bundle"
     missing = [g for g in GRAPH_NAMES if not (bundle / f"{g}.onnx").is_file()]
     if missing:
         cmd = [sys.executable, str(REPO / "bench" / "export_full.py"), "--work", str(work)]
-        cmd += ["--config", str(config)]
+        cmd += ["--config", str(config), "--jobs", str(jobs)] + ([] if check else ["--no-check"])
         for graph in missing:
             cmd += ["--graph", graph]
         print(f"exporting {', '.join(missing)} into {bundle} (bench/export_full.py)", flush=True)

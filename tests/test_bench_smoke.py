@@ -82,3 +82,20 @@ def test_full_size_bundle_gets_a_tokenizer_whose_audio_token_is_the_configs(tmp_
     assert ids.count(100352) == 300 and max(ids) == 100352
     for name in ("config.json", "preprocessor_config.json", "processor_config.json", "chat_template.jinja"):
         assert (bundle / name).is_file(), name
+
+
+def test_scale_benchmark_runs_on_the_tiny_bundle(tiny_bundle, tiny_ckpt, tmp_path):
+    """bench/scale.py end to end at tiny size: both layouts, PyTorch, a long clip; every run completes."""
+    out = tmp_path / "scale.json"
+    args = ["--bundle", str(tiny_bundle), "--checkpoint", str(tiny_ckpt), "--work", str(tmp_path / "work")]
+    args += ["--tokens", "3", "--seconds", "2", "--long-seconds", "4", "--threads", "1", "--copy-gib", "0.25"]
+    run_bench("scale.py", *args, "--json", str(out))
+    result = json.loads(out.read_text())
+    assert set(result["runs"]) == {"pytorch", "onnx-shared", "onnx-per-graph", "onnx-long-shared"}
+    assert all("failed" not in run for run in result["runs"].values()), result["runs"]
+    assert result["layouts"]["shared"]["bytes"] < result["layouts"]["per-graph"]["bytes"]
+    assert result["bandwidth"]["copy_gb_per_s"] > 0 and result["bandwidth"]["bound_ms_per_token"] > 0
+    runs = result["runs"]
+    assert runs["onnx-shared"]["tokens"] == runs["onnx-per-graph"]["tokens"]  # same weights, same greedy path
+    assert runs["pytorch"]["tokens"] == runs["onnx-per-graph"]["tokens"]
+    assert result["figures"]["onnx_e2e_over_pytorch"] > 0

@@ -133,11 +133,11 @@ def test_a_full_disk_during_export_is_one_line_and_leaves_the_bundle(tiny_ckpt, 
 
     before = tree(bundle)
 
-    def disk_full(model, path):
+    def disk_full(model, base, path):
         Path(path).write_bytes(b"\0" * 1000)  # a half-written graph...
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))  # ...and the disk is full
 
-    monkeypatch.setattr(writer, "save_with_sidecar", disk_full)
+    monkeypatch.setattr(writer, "write_with_sidecar", disk_full)
     result = CliRunner().invoke(
         cli, ["export", "--model-dir", str(tiny_ckpt), "--out-dir", str(bundle), "--force"]
     )

@@ -85,11 +85,6 @@ def test_the_recorded_heldout_figures_are_what_the_shipped_weights_give(heldout_
     assert float(np.median(margins)) == pytest.approx(recorded["median_margin"], abs=0.05)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 7 is open: the shipped fixture's held-out PyTorch CER is 39 %, above the 10 % bar "
-    "(strict: this test fails loudly the day a retrained fixture meets it, so the mark must go)",
-)
 def test_pytorch_transcribes_the_heldout_set(heldout_decoding):
     import jiwer
 

@@ -21,7 +21,7 @@ from .synth import Utterance, load_set, save_set, synthesise, voice_versions
 
 @dataclass(frozen=True)
 class DataRecipe:
-    train_sentences: int = 1600
+    train_sentences: int = 6000
     heldout_sentences: int = 48
     train_seed: int = 1
     heldout_seed: int = 2

@@ -15,6 +15,9 @@ from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 from .specs import IR_VERSION, OPSET
 
 INLINE_LIMIT = 1024
+# The shared layout (``export --layout shared``): prompt_encode and decode_step point the weights they
+# have in common into one ``<stem>.shared.onnx_data`` beside their own sidecars.
+SHARED_SUFFIX = ".shared.onnx_data"
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
@@ -68,7 +71,8 @@ def check_header(model: onnx.ModelProto) -> list[str]:
 
 
 def check_external_data(model: onnx.ModelProto, path: Path) -> list[str]:
-    """Exactly one sidecar, named ``<graph>.onnx_data``, present; nothing over 1 KiB inline."""
+    """One own sidecar, named ``<graph>.onnx_data``, present (plus, in the shared layout, one
+    ``*.shared.onnx_data`` file beside it); nothing over 1 KiB inline."""
     problems = []
     expected = Path(path).stem + ".onnx_data"
     locations = set()
@@ -81,10 +85,16 @@ def check_external_data(model: onnx.ModelProto, path: Path) -> list[str]:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.TENSOR and _tensor_bytes(attr.t) > INLINE_LIMIT:
                 problems.append(f"node {node.name} holds a {_tensor_bytes(attr.t)}-byte tensor inline")
-    if locations - {expected}:
-        problems.append(f"external data in {sorted(locations)}, expected one sidecar {expected}")
-    if not (Path(path).parent / expected).is_file():
-        problems.append(f"sidecar {expected} is missing")
+    others = locations - {expected}
+    shared = {loc for loc in others if loc.endswith(SHARED_SUFFIX) and "/" not in loc and "\\" not in loc}
+    if others - shared or len(shared) > 1:
+        problems.append(
+            f"external data in {sorted(locations)}, expected one sidecar {expected}"
+            f" (and at most one *{SHARED_SUFFIX} beside it)"
+        )
+    for name in sorted({expected} | shared):
+        if not (Path(path).parent / name).is_file():
+            problems.append(f"sidecar {name} is missing")
     return problems
 
 

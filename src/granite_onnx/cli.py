@@ -83,13 +83,20 @@ def _source(model_dir: Path | None, model: str | None, revision: str | None):
 @click.option("--graph", "graphs", multiple=True, help="Export only these graphs (repeatable).")
 @click.option("--no-check", is_flag=True, help="Skip the onnxruntime-vs-PyTorch gate on each graph.")
 @click.option("--force", is_flag=True, help="Export again even when the bundle is up to date.")
-def export(model_dir, model, revision, out_dir, graphs, no_check, force) -> None:
+@click.option(
+    "--layout",
+    type=click.Choice(["per-graph", "shared"]),
+    default="per-graph",
+    show_default=True,
+    help="shared: prompt_encode and decode_step keep their common LLM weights once, in llm.shared.onnx_data.",
+)
+def export(model_dir, model, revision, out_dir, graphs, no_check, force, layout) -> None:
     """Export encoder, prompt_encode and decode_step (FP32) plus the processor files."""
     from .export.stage import ExportOptions, export_bundle
     from .specs import GRAPH_NAMES
 
     source = _source(model_dir, model, revision)
-    options = ExportOptions(graphs=tuple(graphs) or GRAPH_NAMES, check=not no_check)
+    options = ExportOptions(graphs=tuple(graphs) or GRAPH_NAMES, check=not no_check, layout=layout)
     result = export_bundle(source, out_dir, options, progress=_progress, force=force)
     if result.skipped:
         _up_to_date(str(out_dir), "checkpoint bytes, options and toolchain")
@@ -97,6 +104,12 @@ def export(model_dir, model, revision, out_dir, graphs, no_check, force) -> None
     for g in result.graphs:
         err = ", ".join(f"{k} {v:.2e}" for k, v in g.max_abs_error.items()) or "not checked"
         click.echo(f"{g.file:24s} {g.nodes:6d} nodes  {g.seconds:7.1f} s  max |onnx-torch|: {err}")
+    if result.shared_layout:
+        shared = result.shared_layout
+        click.echo(
+            f"{shared['shared_file']}: {shared['tensors']} weights, {shared['shared_bytes'] / 2**20:.1f} MiB,"
+            " stored once for prompt_encode and decode_step"
+        )
     click.echo(f"wrote {out_dir} in {result.seconds:.1f} s (peak RSS {result.peak_rss_mib:.0f} MiB)")
 
 

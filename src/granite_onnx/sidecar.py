@@ -10,15 +10,18 @@ memory-map each weight. Torch-free.
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 from onnx import numpy_helper
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
-from .audit import INLINE_LIMIT
+from .audit import INLINE_LIMIT, SHARED_SUFFIX
+from .staging import temp_prefix
 
 ALIGN = 4096
 _COPY_CHUNK = 64 << 20
@@ -79,7 +82,8 @@ def _point_to(tensor: onnx.TensorProto, location: str, offset: int, length: int)
     tensor.data_location = onnx.TensorProto.EXTERNAL
 
 
-def _copy_range(src: Path, offset: int, length: int, out) -> None:
+def _chunks(src: Path, offset: int, length: int) -> Iterator[bytes]:
+    """``length`` bytes of ``src`` from ``offset``, at most 64 MiB at a time."""
     with src.open("rb") as f:
         f.seek(offset)
         left = length
@@ -87,8 +91,13 @@ def _copy_range(src: Path, offset: int, length: int, out) -> None:
             chunk = f.read(min(left, _COPY_CHUNK))
             if not chunk:
                 raise OSError(f"{src} ends before byte {offset + length}: truncated external data")
-            out.write(chunk)
+            yield chunk
             left -= len(chunk)
+
+
+def _copy_range(src: Path, offset: int, length: int, out) -> None:
+    for chunk in _chunks(src, offset, length):
+        out.write(chunk)
 
 
 def _external_range(tensor: onnx.TensorProto, base: Path) -> tuple[Path, int, int]:
@@ -148,3 +157,112 @@ def write_with_sidecar(model: onnx.ModelProto, base: Path, dst: Path) -> Path:
     for f in (dst, data):
         os.chmod(f, 0o644)
     return data
+
+
+# --- the shared layout: the LLM's weights stored once for prompt_encode and decode_step ---------------------
+
+
+def shared_sidecar_name(stem: str) -> str:
+    """``llm.shared.onnx_data``: the one file several graphs of a bundle point their common weights into."""
+    return f"{stem}{SHARED_SUFFIX}"
+
+
+def external_files(path: Path) -> list[Path]:
+    """Every file the graph at ``path`` reads its weights from: its own sidecar first, then any shared one.
+
+    Read without the weights. A graph whose header cannot be read is taken to use its own sidecar only.
+    """
+    path = Path(path)
+    own = path.with_name(sidecar_name(path))
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - unreadable graphs are reported by the audit, not here
+        return [own]
+    others = {ExternalDataInfo(t).location for t in graph_tensors(model.graph) if uses_external_data(t)}
+    return [own, *sorted(path.parent / loc for loc in others - {own.name})]
+
+
+@dataclass(frozen=True)
+class SharedLayout:
+    """What :func:`share_weights` did: the shared file, how many tensors and bytes it holds, and the bytes
+    each graph's own sidecar kept."""
+
+    shared_file: str
+    tensors: int
+    shared_bytes: int
+    own_bytes: dict[str, int]
+
+
+def _tensor_key(path: Path, offset: int, length: int) -> str:
+    digest = hashlib.sha256()
+    for chunk in _chunks(path, offset, length):
+        digest.update(chunk)
+    return f"{length}:{digest.hexdigest()}"
+
+
+def share_weights(paths: Sequence[Path], shared_stem: str) -> SharedLayout:
+    """Rewrite the graphs at ``paths`` (one folder) so that every weight byte-identical in two or more of
+    them is stored once, in ``<shared_stem>.shared.onnx_data``; each graph's own sidecar keeps the rest.
+
+    Valid ONNX external data (a tensor's ``location`` may name any file beside the graph), so any
+    onnxruntime, the Rust ``ort`` crate too, loads each graph on its own. Weights are matched by their
+    bytes (sha256), not their names, because constant folding names a weight differently in each graph.
+    Streamed, one tensor at a time; files are replaced only once all are written.
+    """
+    paths = [Path(p) for p in paths]
+    folder = paths[0].parent
+    models = {p: onnx.load(str(p), load_external_data=False) for p in paths}
+    keys: dict[tuple[Path, int], str] = {}
+    owners: dict[str, set[Path]] = {}
+    for p, model in models.items():
+        for i, tensor in enumerate(graph_tensors(model.graph)):
+            if uses_external_data(tensor):
+                src, offset, length = _external_range(tensor, folder)
+                if length > INLINE_LIMIT:
+                    keys[p, i] = key = _tensor_key(src, offset, length)
+                    owners.setdefault(key, set()).add(p)
+    shared_keys = {k for k, o in owners.items() if len(o) > 1}
+    shared = folder / shared_sidecar_name(shared_stem)
+
+    def temp(target: Path) -> Path:  # swept by staging.sweep_stale if this process is killed
+        return target.with_name(temp_prefix(target, "share") + "0")
+
+    tmp = {p: (temp(p), temp(p.with_name(sidecar_name(p)))) for p in paths}
+    tmp_shared = temp(shared)
+    placed: dict[str, tuple[int, int]] = {}
+    own_bytes = {}
+    try:
+        with tmp_shared.open("wb") as shared_out:
+            for p, model in models.items():
+                graph_tmp, data_tmp = tmp[p]
+                with data_tmp.open("wb") as own_out:
+                    for i, tensor in enumerate(graph_tensors(model.graph)):
+                        if not uses_external_data(tensor):
+                            continue
+                        key = keys.get((p, i))  # None for small external tensors: never shared
+                        src, offset, length = _external_range(tensor, folder)
+                        is_shared = key in shared_keys
+                        out, name = (shared_out, shared.name) if is_shared else (own_out, sidecar_name(p))
+                        if key in shared_keys and key in placed:
+                            _point_to(tensor, name, *placed[key])
+                            continue
+                        out.write(b"\0" * ((-out.tell()) % ALIGN))
+                        start = out.tell()
+                        _copy_range(src, offset, length, out)
+                        if key in shared_keys:
+                            placed[key] = (start, length)
+                        _point_to(tensor, name, start, length)
+                    own_bytes[p.name] = own_out.tell()
+                graph_tmp.write_bytes(model.SerializeToString())
+            shared_bytes = shared_out.tell()
+        for p in paths:  # everything is written: now swap the files in
+            graph_tmp, data_tmp = tmp[p]
+            data_tmp.replace(p.with_name(sidecar_name(p)))
+            graph_tmp.replace(p)
+        tmp_shared.replace(shared)
+    finally:
+        for f in (tmp_shared, *(f for pair in tmp.values() for f in pair)):
+            f.unlink(missing_ok=True)
+    for f in (shared, *paths, *(p.with_name(sidecar_name(p)) for p in paths)):
+        os.chmod(f, 0o644)
+    return SharedLayout(shared.name, len(placed), shared_bytes, own_bytes)

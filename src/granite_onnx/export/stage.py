@@ -28,7 +28,7 @@ from ..errors import GraniteOnnxError
 from ..identity import make_export_id
 from ..runtime.bundle import graph_file
 from ..runtime.sessions import open_session
-from ..sidecar import sidecar_name
+from ..sidecar import share_weights, sidecar_name
 from ..specs import (
     DECODE_STEP,
     GRAPH_NAMES,
@@ -57,6 +57,17 @@ EXPORTER = {
     "do_constant_folding": True,
 }
 
+
+def exporter_json(layout: str) -> dict:
+    if layout != "shared":
+        return dict(EXPORTER)
+    return {
+        **EXPORTER,
+        "external_data": "one <graph>.onnx_data sidecar per graph, plus llm.shared.onnx_data holding the"
+        " weights prompt_encode and decode_step have in common; tensors over 1 KiB external",
+    }
+
+
 # Second size for the gate: an exact multiple of the 200-frame attention block (the classic
 # length a traced block count gets wrong), a batch of 2, a longer past.
 CHECK_SIZES = {"batch": 2, "frames": 200, "past": 23}
@@ -68,6 +79,10 @@ class ExportOptions:
     check: bool = True
     rtol: float = 1e-4  # max |onnx - torch| <= rtol * (1 + max |torch|): float32 reassociation only
     length_patches: bool = True  # False only to reproduce the traced-length bug in tests
+    # "per-graph": one sidecar per graph, as the published bundle. "shared": prompt_encode and decode_step
+    # point the weights they have in common (the whole LLM) into one llm.shared.onnx_data, so the FP32
+    # bundle holds the LLM once on disk, and a runtime that maps its weights holds it once in memory.
+    layout: str = "per-graph"
 
 
 @dataclass(frozen=True)
@@ -92,6 +107,7 @@ class ExportResult:
     toolchain: dict = field(default_factory=versions)
     exporter: dict = field(default_factory=lambda: dict(EXPORTER))
     export_id: str | None = None
+    shared_layout: dict | None = None  # sidecar.SharedLayout of the shared layout, else None
     skipped: bool = field(default=False, compare=False)  # up to date: nothing was re-exported
 
     def to_json(self) -> dict:
@@ -105,6 +121,17 @@ class ExportResult:
         fields = {k: v for k, v in data.items() if k != "graphs"}
         fields["copied_files"] = tuple(fields.get("copied_files", ()))
         return cls(graphs=graphs, skipped=skipped, **fields)
+
+
+LAYOUTS = ("per-graph", "shared")
+SHARED_STEM = "llm"
+
+
+def share_llm_weights(folder: Path, tier: str | None = None) -> dict:
+    """The shared layout for one tier's prompt_encode and decode_step in ``folder``."""
+    stem = f"{SHARED_STEM}_{tier}" if tier else SHARED_STEM
+    paths = [folder / graph_file(PROMPT_ENCODE, tier), folder / graph_file(DECODE_STEP, tier)]
+    return asdict(share_weights(paths, stem))
 
 
 class ExportCheckError(GraniteOnnxError):
@@ -199,6 +226,8 @@ def export_bundle(
     unknown = set(options.graphs) - set(GRAPH_NAMES)
     if unknown:
         raise GraniteOnnxError(f"unknown graph(s) {sorted(unknown)}; choose from {', '.join(GRAPH_NAMES)}")
+    if options.layout not in LAYOUTS:
+        raise GraniteOnnxError(f"unknown layout {options.layout!r}; choose from {', '.join(LAYOUTS)}")
     validate_checkpoint(source.path)  # user mistakes fail here, before any work or output
     check_output_dir(Path(out_dir))
     say(f"hashing the files of {source.path} (an unchanged export is skipped)")
@@ -221,6 +250,10 @@ def export_bundle(
             problems = check_kv_agreement(stage / graph_file(PROMPT_ENCODE), stage / graph_file(DECODE_STEP))
             if problems:
                 raise ExportCheckError(f"prompt_encode and decode_step disagree: {problems[0]}")
+        shared = None
+        if options.layout == "shared" and {PROMPT_ENCODE, DECODE_STEP} <= set(options.graphs):
+            say("shared layout: storing the LLM weights of prompt_encode and decode_step once")
+            shared = share_llm_weights(stage)
         say("portability audit (granite-onnx verify) of the staged bundle")
         failed = [c for c in verify_bundle(stage) if not c.ok]
         if failed:
@@ -234,6 +267,8 @@ def export_bundle(
             seconds=round(time.perf_counter() - start, 3),
             peak_rss_mib=peak_rss_mib(),
             export_id=export_id,
+            exporter=exporter_json(options.layout),
+            shared_layout=shared,
         )
         (stage / REPORT_FILE).write_text(json.dumps(result.to_json(), indent=2) + "\n")
         write_stamp(stage, stamp.with_outputs(stage, folder_files(stage)))

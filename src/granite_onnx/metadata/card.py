@@ -197,6 +197,15 @@ def files_section(meta: dict) -> str:
                 sha_prefix(side.get("sha256")),
             ]
         )
+    shared: dict[str, tuple[dict, list[str]]] = {}  # the shared layout: one file, several graphs
+    for g in meta["graphs"].values():
+        if g.get("shared_sidecar"):
+            shared.setdefault(g["shared_sidecar"]["file"], (g["shared_sidecar"], []))[1].append(g["file"])
+    for name, (facts, users) in sorted(shared.items()):
+        readers = ", ".join(f"`{u}`" for u in users)
+        rows.append(
+            [f"`{name}` (shared by {readers})", DASH, facts["bytes"], DASH, sha_prefix(facts["sha256"]), DASH]
+        )
     for name, facts in sorted(meta.get("files", {}).items()):
         rows.append([f"`{name}`", DASH, facts["bytes"], DASH, sha_prefix(facts["sha256"]), DASH])
     header = ["file", "sidecar", "bytes", "sidecar bytes", "sha256 (prefix)", "sidecar sha256 (prefix)"]

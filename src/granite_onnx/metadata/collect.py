@@ -20,6 +20,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
+from ..audit import SHARED_SUFFIX
 from ..errors import BundleError
 from ..parity.report import FP32
 from ..parity.report import REPORT_FILE as PARITY_REPORT
@@ -160,14 +161,17 @@ def load_graph(path: Path) -> onnx.ModelProto:
         raise BundleError(f"{path} is not a readable ONNX file ({type(exc).__name__}): export again") from exc
 
 
-def describe_sidecar(model: onnx.ModelProto, path: Path) -> dict | None:
-    """The one external-data file a graph names (None when it has none), with its bytes and sha256."""
-    locations = sidecar_locations(model)
+def describe_sidecar(model: onnx.ModelProto, path: Path, shared: bool = False) -> dict | None:
+    """The graph's own external-data file (None when it names none), with its bytes and sha256; with
+    ``shared``, the ``*.shared.onnx_data`` file of the shared layout instead."""
+    every = sidecar_locations(model)
+    locations = [loc for loc in every if loc.endswith(SHARED_SUFFIX) == shared]
     if not locations:
         return None
     if len(locations) > 1:
         raise BundleError(
-            f"{path.name} keeps its weights in {len(locations)} files {locations}, expected one sidecar"
+            f"{path.name} keeps its weights in {len(every)} files {every}, expected one sidecar"
+            f" (and at most one *{SHARED_SUFFIX})"
         )
     sidecar = path.parent / locations[0]
     if not sidecar.is_file():
@@ -185,6 +189,7 @@ def describe_graph(path: Path) -> dict:
         "tier": tier,
         **file_facts(path),
         "sidecar": describe_sidecar(model, path),
+        "shared_sidecar": describe_sidecar(model, path, shared=True),
         "ir_version": model.ir_version,
         "opset_imports": {(o.domain or DEFAULT_DOMAIN): o.version for o in model.opset_import},
         "inputs": [value_info(vi) for vi in model.graph.input],

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import onnx
 
-from ..sidecar import sidecar_name
+from ..sidecar import external_files
 from ..toolchain import versions
 
 REPORT_VERSION = 1
@@ -31,10 +31,9 @@ def op_counts(path: Path) -> dict[str, int]:
 
 
 def graph_bytes(path: Path) -> int:
-    """Bytes on disk of a graph file and its sidecar together."""
+    """Bytes on disk of a graph file and every sidecar it reads (a shared one counted whole)."""
     path = Path(path)
-    side = path.with_name(sidecar_name(path))
-    return path.stat().st_size + (side.stat().st_size if side.is_file() else 0)
+    return path.stat().st_size + sum(f.stat().st_size for f in external_files(path) if f.is_file())
 
 
 def count_changes(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:

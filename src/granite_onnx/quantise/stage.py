@@ -23,7 +23,7 @@ from ..audit import audit_file, check_kv_agreement, check_loads
 from ..errors import GraniteOnnxError
 from ..identity import copy_export_id
 from ..runtime.bundle import Bundle, graph_file
-from ..sidecar import sidecar_name
+from ..sidecar import external_files
 from ..specs import DECODE_STEP, GRAPH_NAMES, PROMPT_ENCODE
 from ..staging import check_output_dir, make_temp_dir, merge_into
 from ..stamps import Stamp, digests, folder_files, stored_report, write_stamp
@@ -106,7 +106,8 @@ def tier_stamp(tier: Tier, sources: dict[str, Path], options: QuantiseOptions) -
     files = {}
     for path in sources.values():
         files[path.name] = path
-        files[sidecar_name(path.name)] = path.with_name(sidecar_name(path.name))
+        for data in external_files(path):  # its own sidecar, and the shared one in the shared layout
+            files[data.name] = data
     if tier.needs_clips and options.clips is not None:
         files.update(folder_files(Path(options.clips), prefix="clips/"))
     doc = {k: v for k, v in options.to_json().items() if k != "threads"}

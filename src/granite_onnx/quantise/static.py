@@ -26,7 +26,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 from onnxruntime.quantization.calibrate import CalibraterBase, TensorsData, create_calibrator
 from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 
-from ..sidecar import sidecar_name
+from ..sidecar import external_files
 from .calibration import FeedReader, Feeds
 from .job import GraphJob, quantised_nodes
 from .lazy import run_quantiser, weights_read_on_demand
@@ -121,9 +121,11 @@ def calibrate(
     """Activation ranges of ``src`` over ``feeds``, as ``quantize_static`` computes them (the inputs and
     outputs of ``op_types`` nodes; every float tensor when ``None``)."""
     work.mkdir(parents=True, exist_ok=True)
-    graph, sidecar = work / src.name, work / sidecar_name(src)
+    graph = work / src.name
+    linked = [graph, *(work / data.name for data in external_files(src))]
     _link_or_copy(src, graph)
-    _link_or_copy(src.with_name(sidecar_name(src)), sidecar)
+    for data in external_files(src):  # own sidecar, and llm.shared.onnx_data in the shared layout
+        _link_or_copy(data, work / data.name)
     try:
         with (
             weights_read_on_demand(work),
@@ -144,7 +146,7 @@ def calibrate(
             ranges = calibrator.compute_data()
             del calibrator
     finally:  # onnx refuses to read a sidecar that has a second hard link: drop ours before quantising
-        for path in (graph, sidecar, work / "augmented.onnx"):
+        for path in (*linked, work / "augmented.onnx"):
             path.unlink(missing_ok=True)
     return ranges
 

@@ -8,6 +8,7 @@ the token budget. The KV cache is carried as plain arrays named by the graph spe
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from .audio import load_audio
 from .bundle import Bundle
 from .features import audio_token_count, log_mel, min_audio_samples
 from .prompt import DEFAULT_INSTRUCTION, PromptBuilder
-from .sessions import open_session
+from .sessions import SharedWeights, open_session
 
 DEFAULT_MAX_NEW_TOKENS = 200
 
@@ -70,18 +71,28 @@ class SpeechPipeline:
         opt_level: str = "all",
         prepack: bool = True,
         weight_only: str = "default",
+        share_weights: bool = True,
+        graphs: Sequence[str] | None = None,
     ):
         """``prepack=False`` keeps weights memory-mapped (no per-session copy): for tools that hold a
         pipeline beside other large work, such as calibration before quantising a 2B model.
-        ``weight_only``: how onnxruntime computes the int8w tier (see sessions.WEIGHT_ONLY_ACCURACY)."""
+        ``weight_only``: how onnxruntime computes the int8w tier (see sessions.WEIGHT_ONLY_ACCURACY).
+        ``share_weights``: in the shared layout, hold the weights of ``*.shared.onnx_data`` once for all
+        sessions (:class:`SharedWeights`); no effect on a bundle with one sidecar per graph.
+        ``graphs``: open only these sessions (a tool that runs one graph at a time holds one in memory)."""
         self.bundle = Bundle.open(folder, tier)
         self.prompts = PromptBuilder(self.bundle.folder)
         specs = self.bundle.specs
         self.specs = specs
-        self.sessions = {
-            name: open_session(self.bundle.path(name), threads, opt_level, prepack, weight_only)
-            for name in specs
-        }
+        self.shared = SharedWeights(self.bundle.folder) if share_weights else None
+        self.sessions = {}
+        for name in graphs or specs:
+            shared = self.shared.initializers(self.bundle.path(name)) if self.shared else []
+            # Pre-packing would give each session its own packed copy of the shared weights (measured at
+            # full size: 14 GiB of anonymous memory for the 7 GiB LLM), so a session reading them does not.
+            self.sessions[name] = open_session(
+                self.bundle.path(name), threads, opt_level, prepack and not shared, weight_only, shared
+            )
 
     # --- one call per graph -------------------------------------------------------------
     def audio_embeds(self, features: np.ndarray) -> np.ndarray:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+import onnx
 import onnxruntime as ort
+from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
+from ..audit import SHARED_SUFFIX
 from ..errors import BundleError
 
 # onnxruntime fuses a weight-only graph (int8 weight -> DequantizeLinear -> MatMul, the int8w tier)
@@ -42,23 +47,67 @@ def session_options(
     return options
 
 
+Initializers = Sequence[tuple[str, ort.OrtValue]]
+
+
+class SharedWeights:
+    """The weights of a bundle's ``*.shared.onnx_data`` files (``export --layout shared``), held once for
+    every session that reads them.
+
+    Each shared file is memory-mapped once, read-only, and every weight in it becomes one OrtValue over
+    that mapping, which :func:`open_session` hands to each session with ``add_initializer``. The sessions
+    then compute on the same pages: the LLM is resident once for prompt_encode and decode_step, and the
+    process's RSS counts it once (two sessions mapping the file themselves would each count it). Sessions
+    that read shared weights run without pre-packing: onnxruntime would otherwise give each session its
+    own packed copy of them. That costs some decode speed (see bench/scale.py).
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self._maps: dict[str, np.memmap] = {}
+        self._values: dict[tuple[str, int, int], ort.OrtValue] = {}
+
+    def initializers(self, path: Path) -> list[tuple[str, ort.OrtValue]]:
+        """(name, OrtValue) for every initializer of the graph at ``path`` stored in a shared file."""
+        model = onnx.load(str(path), load_external_data=False)
+        found = []
+        for tensor in model.graph.initializer:
+            if not uses_external_data(tensor):
+                continue
+            info = ExternalDataInfo(tensor)
+            if not info.location.endswith(SHARED_SUFFIX):
+                continue
+            key = (info.location, info.offset or 0, info.length or 0)
+            if key not in self._values:
+                if info.location not in self._maps:
+                    self._maps[info.location] = np.memmap(self.folder / info.location, mode="r")
+                dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+                array = np.ndarray(tuple(tensor.dims), dtype, buffer=self._maps[info.location], offset=key[1])
+                self._values[key] = ort.OrtValue.ortvalue_from_numpy(array)
+            found.append((tensor.name, self._values[key]))
+        return found
+
+
 def open_session(
     path: Path,
     threads: int | None = None,
     opt_level: str = "all",
     prepack: bool = True,
     weight_only: str = "default",
+    initializers: Initializers = (),
 ) -> ort.InferenceSession:
-    """Open one graph; a missing or corrupt file becomes a one-line :class:`BundleError`."""
+    """Open one graph; a missing or corrupt file becomes a one-line :class:`BundleError`.
+
+    ``initializers`` replace the graph's own copies of those weights (see :class:`SharedWeights`).
+    """
     path = Path(path)
     if not path.is_file():
         raise BundleError(f"{path} is missing: run `granite-onnx export` to create the bundle")
+    options = session_options(threads, opt_level, prepack, weight_only)
+    for name, value in initializers:
+        options.add_initializer(name, value)
     try:
-        return ort.InferenceSession(
-            str(path),
-            sess_options=session_options(threads, opt_level, prepack, weight_only),
-            providers=["CPUExecutionProvider"],
-        )
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise BundleError(f"{path} could not be loaded by onnxruntime ({reason}); re-run the export") from exc
