@@ -209,7 +209,7 @@ def decode_weight_bytes(folder: Path, tier: str | None = None) -> int:
 def shared_copy(bundle: Path, dest: Path) -> dict:
     """``dest``: the bundle's FP32 files, then rewritten in the shared layout (the LLM graphs' files start as
     hard links, which the rewrite replaces, so no 14 GiB copy)."""
-    from granite_onnx.export.stage import share_llm_weights
+    from granite_onnx.layout import share_llm_weights
 
     if dest.exists():
         shutil.rmtree(dest)

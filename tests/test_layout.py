@@ -21,7 +21,7 @@ from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from granite_onnx.audit import audit_file
 from granite_onnx.cli import cli
-from granite_onnx.export.stage import share_llm_weights
+from granite_onnx.layout import share_llm_weights
 from granite_onnx.runtime.audio import load_audio
 from granite_onnx.runtime.features import log_mel
 from granite_onnx.runtime.pipeline import SpeechPipeline

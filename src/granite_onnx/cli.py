@@ -151,14 +151,21 @@ def fixture(out_dir: Path, seed: int) -> None:
 )
 @click.option("--threads", default=None, type=click.IntRange(1, 256), help="onnxruntime intra-op threads.")
 @click.option("--force", is_flag=True, help="Quantise again even when a tier is up to date.")
-def quantise(bundle, tiers, exclude, clips_dir, calibration, threads, force) -> None:
+@click.option(
+    "--layout",
+    type=click.Choice(["per-graph", "shared"]),
+    default="per-graph",
+    show_default=True,
+    help="shared: the tier's prompt_encode and decode_step keep their LLM weights once, in one file.",
+)
+def quantise(bundle, tiers, exclude, clips_dir, calibration, threads, force, layout) -> None:
     """Write quantised graphs beside the FP32 ones, audit them, and record what changed."""
     from .quantise.stage import QuantiseOptions, quantise_bundle
     from .quantise.tiers import TIERS
 
     names = list(TIERS) if "all" in tiers else list(dict.fromkeys(tiers))
     options = QuantiseOptions(
-        exclude=tuple(exclude), clips=clips_dir, calibration=calibration, threads=threads
+        exclude=tuple(exclude), clips=clips_dir, calibration=calibration, threads=threads, layout=layout
     )
     for name in names:
         report = quantise_bundle(bundle, name, options, progress=_progress, force=force)

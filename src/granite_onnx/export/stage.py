@@ -26,9 +26,10 @@ from ..checkpoint import (
 )
 from ..errors import GraniteOnnxError
 from ..identity import make_export_id
+from ..layout import check_layout, share_llm_weights
 from ..runtime.bundle import graph_file
 from ..runtime.sessions import open_session
-from ..sidecar import share_weights, sidecar_name
+from ..sidecar import sidecar_name
 from ..specs import (
     DECODE_STEP,
     GRAPH_NAMES,
@@ -123,17 +124,6 @@ class ExportResult:
         return cls(graphs=graphs, skipped=skipped, **fields)
 
 
-LAYOUTS = ("per-graph", "shared")
-SHARED_STEM = "llm"
-
-
-def share_llm_weights(folder: Path, tier: str | None = None) -> dict:
-    """The shared layout for one tier's prompt_encode and decode_step in ``folder``."""
-    stem = f"{SHARED_STEM}_{tier}" if tier else SHARED_STEM
-    paths = [folder / graph_file(PROMPT_ENCODE, tier), folder / graph_file(DECODE_STEP, tier)]
-    return asdict(share_weights(paths, stem))
-
-
 class ExportCheckError(GraniteOnnxError):
     """onnxruntime disagrees with PyTorch on an exported graph."""
 
@@ -226,8 +216,7 @@ def export_bundle(
     unknown = set(options.graphs) - set(GRAPH_NAMES)
     if unknown:
         raise GraniteOnnxError(f"unknown graph(s) {sorted(unknown)}; choose from {', '.join(GRAPH_NAMES)}")
-    if options.layout not in LAYOUTS:
-        raise GraniteOnnxError(f"unknown layout {options.layout!r}; choose from {', '.join(LAYOUTS)}")
+    check_layout(options.layout)
     validate_checkpoint(source.path)  # user mistakes fail here, before any work or output
     check_output_dir(Path(out_dir))
     say(f"hashing the files of {source.path} (an unchanged export is skipped)")

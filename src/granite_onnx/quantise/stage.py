@@ -22,6 +22,7 @@ import onnx
 from ..audit import audit_file, check_kv_agreement, check_loads
 from ..errors import GraniteOnnxError
 from ..identity import copy_export_id
+from ..layout import check_layout, share_llm_weights
 from ..runtime.bundle import Bundle, graph_file
 from ..sidecar import external_files
 from ..specs import DECODE_STEP, GRAPH_NAMES, PROMPT_ENCODE
@@ -49,6 +50,7 @@ class QuantiseOptions:
     decode_stride: int = 4  # ... taken every this many greedy steps
     fp16_headroom: float = 4.0  # fp16: keep nodes whose activations exceed 65504 / headroom
     threads: int | None = None
+    layout: str = "per-graph"  # "shared": the tier's prompt_encode and decode_step store their LLM once
 
     def to_json(self) -> dict:
         doc = asdict(self)
@@ -132,6 +134,7 @@ def quantise_bundle(
     fp32 = Bundle.open(Path(bundle).resolve())  # absolute: onnxruntime's quantisers run in the graph's folder
     bundle = fp32.folder
     check_output_dir(bundle)
+    check_layout(options.layout)
     if options.calibration not in static.METHODS:
         raise GraniteOnnxError(
             f"unknown calibration {options.calibration!r}: choose from {', '.join(static.METHODS)}"
@@ -193,6 +196,9 @@ def quantise_bundle(
                     details=details,
                 )
             )
+        if options.layout == "shared" and {PROMPT_ENCODE, DECODE_STEP} <= set(tier.graphs):
+            say(f"{tier.name}: shared layout, the LLM weights of prompt_encode and decode_step stored once")
+            share_llm_weights(stage, tier.name)
         say(f"{tier.name}: portability audit")
         problems = audit_tier(stage, tier)
         if problems:
