@@ -168,3 +168,40 @@ def test_an_unknown_layout_is_a_usage_error(tiny_ckpt, tmp_path):
     )
     assert result.exit_code == 2 and "one-file" in result.output
     assert not (tmp_path / "b").exists()
+
+
+def test_a_tier_in_the_shared_layout_stores_its_llm_once_and_transcribes_the_same(tiny_bundle, tmp_path):
+    bundle = tmp_path / "tiny"
+    shutil.copytree(tiny_bundle, bundle)
+    args = [
+        "quantise",
+        "--bundle",
+        str(bundle),
+        "--tier",
+        "int8w",
+        "--layout",
+        "shared",
+        "--clips",
+        str(CLIPS),
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    shared = bundle / "llm_int8w.shared.onnx_data"
+    assert shared.is_file()
+    assert set(external_locations(bundle / "decode_step_int8w.onnx").values()) <= {
+        shared.name,
+        "decode_step_int8w.onnx_data",
+    }
+    assert audit_file(bundle / "prompt_encode_int8w.onnx").ok
+    per_graph = tmp_path / "per-graph"
+    shutil.copytree(tiny_bundle, per_graph)
+    result = CliRunner().invoke(
+        cli, ["quantise", "--bundle", str(per_graph), "--tier", "int8w", "--clips", str(CLIPS)]
+    )
+    assert result.exit_code == 0, result.output
+    assert folder_bytes(bundle) < folder_bytes(per_graph)
+    audio = load_audio(CLIPS / "jfk.flac", 16000)[: 16000 * 4]
+    # Shared weights run without pre-packing (see SharedWeights), and for int8w that is another kernel path
+    # than the pre-packed one: the same path on the per-graph files gives the same tokens.
+    want = SpeechPipeline(per_graph, "int8w", threads=1, prepack=False).transcribe_array(audio).token_ids
+    assert SpeechPipeline(bundle, "int8w", threads=1).transcribe_array(audio).token_ids == want
