@@ -61,6 +61,17 @@ def _up_to_date(subject: str, inputs: str) -> None:
     click.echo(f"{subject} is up to date (same {inputs} as last time); --force redoes it")
 
 
+def _layout_option(graphs: str):
+    """``--layout`` of export and quantise (the choices of granite_onnx.layout.LAYOUTS)."""
+    return click.option(
+        "--layout",
+        type=click.Choice(["per-graph", "shared"]),
+        default="per-graph",
+        show_default=True,
+        help=f"shared: {graphs} keep their common LLM weights once, in one *.shared.onnx_data file.",
+    )
+
+
 def _source(model_dir: Path | None, model: str | None, revision: str | None):
     from .checkpoint import resolve_checkpoint
 
@@ -83,13 +94,7 @@ def _source(model_dir: Path | None, model: str | None, revision: str | None):
 @click.option("--graph", "graphs", multiple=True, help="Export only these graphs (repeatable).")
 @click.option("--no-check", is_flag=True, help="Skip the onnxruntime-vs-PyTorch gate on each graph.")
 @click.option("--force", is_flag=True, help="Export again even when the bundle is up to date.")
-@click.option(
-    "--layout",
-    type=click.Choice(["per-graph", "shared"]),
-    default="per-graph",
-    show_default=True,
-    help="shared: prompt_encode and decode_step keep their common LLM weights once, in llm.shared.onnx_data.",
-)
+@_layout_option("prompt_encode and decode_step")
 def export(model_dir, model, revision, out_dir, graphs, no_check, force, layout) -> None:
     """Export encoder, prompt_encode and decode_step (FP32) plus the processor files."""
     from .export.stage import ExportOptions, export_bundle
@@ -151,13 +156,7 @@ def fixture(out_dir: Path, seed: int) -> None:
 )
 @click.option("--threads", default=None, type=click.IntRange(1, 256), help="onnxruntime intra-op threads.")
 @click.option("--force", is_flag=True, help="Quantise again even when a tier is up to date.")
-@click.option(
-    "--layout",
-    type=click.Choice(["per-graph", "shared"]),
-    default="per-graph",
-    show_default=True,
-    help="shared: the tier's prompt_encode and decode_step keep their LLM weights once, in one file.",
-)
+@_layout_option("the tier's prompt_encode and decode_step")
 def quantise(bundle, tiers, exclude, clips_dir, calibration, threads, force, layout) -> None:
     """Write quantised graphs beside the FP32 ones, audit them, and record what changed."""
     from .quantise.stage import QuantiseOptions, quantise_bundle
