@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 from conftest import CLIPS
@@ -25,6 +26,7 @@ from granite_onnx.layout import share_llm_weights
 from granite_onnx.runtime.audio import load_audio
 from granite_onnx.runtime.features import log_mel
 from granite_onnx.runtime.pipeline import SpeechPipeline
+from granite_onnx.runtime.sessions import session_options
 from granite_onnx.sidecar import external_files
 from granite_onnx.verify import verify_bundle
 
@@ -205,3 +207,25 @@ def test_a_tier_in_the_shared_layout_stores_its_llm_once_and_transcribes_the_sam
     # than the pre-packed one: the same path on the per-graph files gives the same tokens.
     want = SpeechPipeline(per_graph, "int8w", threads=1, prepack=False).transcribe_array(audio).token_ids
     assert SpeechPipeline(bundle, "int8w", threads=1).transcribe_array(audio).token_ids == want
+
+
+def test_unpacked_sessions_keep_the_residual_scale_out_of_the_matmul(tiny_bundle, tmp_path):
+    """Sessions that read shared weights run without pre-packing; there a MatMul with a fused scale
+    (FusedMatMul alpha, from Granite's residual_multiplier) packs its weight on every decode step.
+    The optimised graph of such a session must keep plain MatMuls; the pre-packed default may fuse."""
+
+    def fused_scales(prepack: bool) -> int:
+        options = session_options(prepack=prepack)
+        options.optimized_model_filepath = str(tmp_path / f"optimised_{prepack}.onnx")
+        path = str(tiny_bundle / "decode_step.onnx")
+        ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(options.optimized_model_filepath, load_external_data=False).graph
+        return sum(
+            1
+            for node in graph.node
+            if node.op_type == "FusedMatMul"
+            and any(a.name == "alpha" and abs(a.f - 1.0) > 1e-6 for a in node.attribute)
+        )
+
+    assert fused_scales(prepack=True) > 0, "the tiny model has no scaled MatMul left to test this on"
+    assert fused_scales(prepack=False) == 0

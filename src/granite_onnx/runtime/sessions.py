@@ -21,6 +21,15 @@ from ..errors import BundleError
 # The runtime keeps onnxruntime's default (what any consumer of the bundle gets); pass "1" to run the
 # graph's literal semantics, as the weight-only formula test does.
 WEIGHT_ONLY_ACCURACY = {"default": None, "int8": "4", "fp32": "1"}
+# Without pre-packing, onnxruntime's MLAS computes a one-row MatMul (a decode step) with a kernel that
+# reads the weight in place, but only when the MatMul has no scale. Granite multiplies o_proj and
+# down_proj outputs by residual_multiplier, and onnxruntime's MatMulScaleFusion folds that Mul into a
+# FusedMatMul alpha, which sends those MatMuls (2 GB of the 7.35 GB LLM) down the general path that
+# packs the weight on every call. Measured on the full 4.1-2b decode_step, 2 threads, the two sessions
+# interleaved in one process: pre-packed 280 ms/token, not pre-packed 453, not pre-packed without the
+# fusion 319. Sessions that do not pre-pack therefore skip that fusion; the Mul stays a cheap
+# element-wise op on one row.
+UNPACKED_DISABLED_OPTIMIZERS = ("MatMulScaleFusion",)
 OPT_LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -33,13 +42,17 @@ def session_options(
 ) -> ort.SessionOptions:
     """Session options; ``prepack=False`` keeps MatMul weights memory-mapped from the sidecar instead of
     copying them (measured: no extra anonymous memory), which matters when a 9 GB PyTorch model is
-    resident beside the session, as in the export gate. ``weight_only``: see WEIGHT_ONLY_ACCURACY."""
+    resident beside the session, as in the export gate; such a session also skips the fusions in
+    UNPACKED_DISABLED_OPTIMIZERS. ``weight_only``: see WEIGHT_ONLY_ACCURACY."""
     options = ort.SessionOptions()
     level = WEIGHT_ONLY_ACCURACY[weight_only]
     if level is not None:
         options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", level)
     if not prepack:
         options.add_session_config_entry("session.disable_prepacking", "1")
+        options.add_session_config_entry(
+            "optimization.disable_specified_optimizers", ",".join(UNPACKED_DISABLED_OPTIMIZERS)
+        )
     options.graph_optimization_level = OPT_LEVELS[opt_level]
     options.log_severity_level = 4  # fatal only: failures surface as exceptions carrying the same message
     if threads:
@@ -59,7 +72,8 @@ class SharedWeights:
     then compute on the same pages: the LLM is resident once for prompt_encode and decode_step, and the
     process's RSS counts it once (two sessions mapping the file themselves would each count it). Sessions
     that read shared weights run without pre-packing: onnxruntime would otherwise give each session its
-    own packed copy of them. That costs some decode speed (see bench/scale.py).
+    own packed copy of them. That costs some decode speed (about 1.15x per token at full size once
+    MatMulScaleFusion is off; see UNPACKED_DISABLED_OPTIMIZERS and bench/scale.py).
     """
 
     def __init__(self, folder: Path):
