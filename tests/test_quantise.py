@@ -491,3 +491,46 @@ def test_encoder_only_calibration_runs_no_llm_graph(tiny_bundle, tmp_path):
         (bundle / name).write_bytes(b"not a graph")
     calib = collect(bundle, CLIPS, tmp_path / "feeds", graphs=("encoder",))
     assert set(calib.feeds) == {"encoder"} and len(calib.feeds["encoder"]) == 5 and calib.decode_steps == ()
+
+
+def test_streamed_fp16_equals_the_converter_run_on_the_loaded_graph(tiny_bundle, tmp_path):
+    """The fp16 tier converts the graph without its weights and each weight's bytes as it writes them;
+    onnxruntime's converter on the fully loaded graph must give the same graph and the same values."""
+    from onnx.external_data_helper import load_external_data_for_model
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from granite_onnx.quantise import fp16
+    from granite_onnx.sidecar import write_with_sidecar
+
+    src = tiny_bundle / "encoder.onnx"
+    graph = onnx.load(str(src), load_external_data=False).graph
+    weights = {t.name for t in graph.initializer}
+    # one weight MatMul blocked by name as well as the op types: its weight must stay FP32
+    keep = [next(n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights)]
+    streamed, transforms = fp16.convert_weightless(onnx.load(str(src), load_external_data=False), keep)
+    assert transforms, "no weight was converted"
+    write_with_sidecar(streamed, src.parent, tmp_path / "streamed.onnx", transforms)
+
+    whole = onnx.load(str(src), load_external_data=False)
+    load_external_data_for_model(whole, str(src.parent))
+    whole = convert_float_to_float16(
+        whole,
+        keep_io_types=True,
+        disable_shape_infer=True,
+        op_block_list=list(fp16.DEFAULT_OP_BLOCK_LIST) + list(fp16.KEEP_OP_TYPES),
+        node_block_list=keep,
+    )
+    fp16.ONNXModel(whole).topological_sort()
+
+    got = onnx.load(str(tmp_path / "streamed.onnx"))
+    assert [(n.op_type, list(n.input), list(n.output)) for n in got.graph.node] == [
+        (n.op_type, list(n.input), list(n.output)) for n in whole.graph.node
+    ]
+    expected = {t.name: onnx.numpy_helper.to_array(t) for t in whole.graph.initializer}
+    values = {t.name: onnx.numpy_helper.to_array(t) for t in got.graph.initializer}
+    assert values.keys() == expected.keys()
+    for name, value in expected.items():
+        assert values[name].dtype == value.dtype and np.array_equal(values[name], value), name
+    assert all(values[name].dtype == np.float16 for name in transforms)
+    kept_weight = next(n.input[1] for n in graph.node if n.name == keep[0])
+    assert values[kept_weight].dtype == np.float32

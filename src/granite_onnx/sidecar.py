@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,29 +119,42 @@ def rewrite_with_sidecar(src: Path, dst: Path) -> Path:
     return write_with_sidecar(onnx.load(str(src), load_external_data=False), src.parent, dst)
 
 
-def write_with_sidecar(model: onnx.ModelProto, base: Path, dst: Path) -> Path:
+def write_with_sidecar(
+    model: onnx.ModelProto,
+    base: Path,
+    dst: Path,
+    transforms: Mapping[str, Callable[[bytes], bytes]] | None = None,
+) -> Path:
     """Write ``model`` at ``dst`` with one sidecar, copying each weight in turn.
 
     External references in ``model`` resolve against ``base``; inline tensors over 1 KiB move to
     the sidecar (and are cleared from ``model``); smaller ones stay inline, because onnxruntime
     refuses shape-driving tensors such as Reshape targets that live in external data.
+    ``transforms`` maps a tensor's name to a function of its stored bytes whose result is written
+    instead: a converter that only re-typed an external tensor (the fp16 tier) has its bytes
+    converted here, one tensor at a time, rather than every weight loaded at once.
     """
     dst = Path(dst)
     data = dst.with_name(sidecar_name(dst))
+    transforms = transforms or {}
     with data.open("wb") as out:
         for tensor in graph_tensors(model.graph):
+            convert = transforms.get(tensor.name)
             if uses_external_data(tensor):
                 path, offset, length = _external_range(tensor, Path(base))
-                if length <= INLINE_LIMIT:
-                    with path.open("rb") as f:
-                        f.seek(offset)
-                        raw = f.read(length)
-                    _clear_data(tensor)
-                    del tensor.external_data[:]
-                    tensor.ClearField("data_location")
-                    tensor.raw_data = raw
-                    continue
-                write = lambda o, p=path, s=offset, n=length: _copy_range(p, s, n, o)  # noqa: E731
+                if length <= INLINE_LIMIT or convert:
+                    raw = b"".join(_chunks(path, offset, length))
+                    raw = convert(raw) if convert else raw
+                    if len(raw) <= INLINE_LIMIT:
+                        _clear_data(tensor)
+                        del tensor.external_data[:]
+                        tensor.ClearField("data_location")
+                        tensor.raw_data = raw
+                        continue
+                    length = len(raw)
+                    write = lambda o, r=raw: o.write(r)  # noqa: E731
+                else:
+                    write = lambda o, p=path, s=offset, n=length: _copy_range(p, s, n, o)  # noqa: E731
             else:
                 raw = _inline_bytes(tensor)
                 if len(raw) <= INLINE_LIMIT:
