@@ -166,3 +166,44 @@ def test_logits_are_not_divided_by_logits_scaling(sessions, tiny_model, dims):
     scaled = want / tiny_model.config.text_config.logits_scaling
     assert_close(logits, want, "logits")
     assert np.max(np.abs(logits - scaled)) > 100 * np.max(np.abs(logits - want))
+
+
+@pytest.mark.parametrize("q_len", [1, 7])
+def test_grouped_attention_is_transformers_eager_attention(tiny_model, q_len):
+    """The export's attention reads the KV cache without repeat_kv; it must be upstream's eager maths."""
+    from transformers.models.granite.modeling_granite import eager_attention_forward
+
+    from granite_onnx.export.patches import grouped_query_attention
+
+    module = next(m for m in tiny_model.modules() if type(m).__name__ == "GraniteAttention")
+    heads, kv_heads = module.config.num_attention_heads, module.config.num_key_value_heads
+    assert heads > kv_heads, "the tiny model must have grouped KV heads to test this"
+    gen = torch.Generator().manual_seed(0)
+    past, dim = 5, module.head_dim
+    query = torch.randn(2, heads, q_len, dim, generator=gen)
+    key = torch.randn(2, kv_heads, past + q_len, dim, generator=gen)
+    value = torch.randn(2, kv_heads, past + q_len, dim, generator=gen)
+    mask = torch.where(torch.rand(2, 1, q_len, past + q_len, generator=gen) < 0.3, -1e9, 0.0)
+    want, want_weights = eager_attention_forward(module, query, key, value, mask, scaling=0.3)
+    got, got_weights = grouped_query_attention(module, query, key, value, mask, scaling=0.3)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_weights, want_weights, rtol=1e-5, atol=1e-6)
+
+
+def test_grouped_attention_restores_the_config(tiny_model):
+    from granite_onnx.export.patches import GROUPED_ATTENTION, grouped_attention
+
+    config = tiny_model.model.language_model.config
+    before = config._attn_implementation
+    with grouped_attention(tiny_model) as switched:
+        assert switched >= 1 and config._attn_implementation == GROUPED_ATTENTION
+    assert config._attn_implementation == before
+
+
+def test_relative_position_scores_are_the_einsum():
+    from granite_onnx.export.patches import relative_position_scores
+
+    gen = torch.Generator().manual_seed(1)
+    query, rel = torch.randn(3, 4, 6, 8, generator=gen), torch.randn(6, 6, 8, generator=gen)
+    want = torch.einsum("b h c d, c r d -> b h c r", query, rel)
+    torch.testing.assert_close(relative_position_scores(query, rel), want, rtol=1e-5, atol=1e-5)

@@ -20,6 +20,15 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def relative_position_scores(query: torch.Tensor, rel_pos_emb: torch.Tensor) -> torch.Tensor:
+    """``einsum("b h c d, c r d -> b h c r")`` (upstream's Shaw relative-position scores) as one batched
+    MatMul over the ``c`` axis. onnxruntime runs its Einsum on one thread: on the 16-core box the
+    full-size encoder spent 0.265 s in it at 16 threads and 0.277 s at 4 (bench/profile_ops.py),
+    15 % of the encoder, where a MatMul scales with the threads."""
+    scores = torch.matmul(query.permute(2, 0, 1, 3), rel_pos_emb.transpose(1, 2).unsqueeze(1))  # [c, b, h, r]
+    return scores.permute(1, 2, 0, 3)
+
+
 def conformer_attention_forward(
     self, hidden_states: torch.Tensor, attention_dists: torch.Tensor
 ) -> torch.Tensor:
@@ -44,7 +53,7 @@ def conformer_attention_forward(
     value_states = value_states.reshape(flat_bsz, ctx, self.num_heads, -1).transpose(1, 2)
 
     rel_pos_emb = self.rel_pos_emb(attention_dists)
-    pos_attn = torch.einsum("b h c d, c r d -> b h c r", query_states, rel_pos_emb) * self.scale
+    pos_attn = relative_position_scores(query_states, rel_pos_emb) * self.scale
 
     position = torch.arange(num_blocks * ctx, device=hidden_states.device).reshape(num_blocks, ctx)
     valid = position < num_features
@@ -79,6 +88,59 @@ def projector_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         batch_size, nblocks * (window // self.downsample_rate), -1
     )
     return self.linear(queries)
+
+
+GROUPED_ATTENTION = "granite_onnx_grouped"
+
+
+def grouped_query_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' ``eager_attention_forward`` for grouped-query attention without ``repeat_kv``.
+
+    Upstream expands each KV head to its query heads before the two MatMuls, which traces to an Expand
+    that copies the whole cache of every layer at every decode step (full size, past 330: 216 MB per
+    token; 12 % of a 16-thread decode step, 10-15 % on 2 threads). Here the query heads of one KV head
+    are stacked along the query axis instead (query head ``h`` reads KV head ``h // groups``, as
+    ``repeat_kv`` has it), so the MatMuls read the cache in place. Same maths: softmax in float32, the
+    mask added after scaling, no dropout at inference.
+    """
+    batch, heads, q_len, head_dim = query.shape
+    kv_heads = key.shape[1]
+    grouped = query.reshape(batch, kv_heads, heads // kv_heads * q_len, head_dim)
+    scores = (torch.matmul(grouped, key.transpose(2, 3)) * scaling).reshape(batch, heads, q_len, -1)
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    out = torch.matmul(weights.reshape(batch, kv_heads, -1, key.shape[2]), value)
+    return out.reshape(batch, heads, q_len, head_dim).transpose(1, 2).contiguous(), weights
+
+
+@contextlib.contextmanager
+def grouped_attention(model: nn.Module) -> Iterator[int]:
+    """Run the language model's attention through :func:`grouped_query_attention` (registered with
+    transformers' ``AttentionInterface``); restore each config's implementation on exit. Yields the
+    number of configs switched."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(GROUPED_ATTENTION, grouped_query_attention)
+    configs = {id(m.config): m.config for m in model.modules() if type(m).__name__ == "GraniteAttention"}
+    before = {key: config._attn_implementation for key, config in configs.items()}
+    try:
+        for config in configs.values():
+            config._attn_implementation = GROUPED_ATTENTION
+        yield len(configs)
+    finally:
+        for key, config in configs.items():
+            config._attn_implementation = before[key]
 
 
 def _targets(model: nn.Module) -> Iterator[tuple[nn.Module, object]]:
