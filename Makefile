@@ -27,7 +27,7 @@ PARITY_CLIPS ?= clips
 CLIP ?= clips/jfk.flac
 endif
 
-.PHONY: all setup export quantise verify parity metadata transcribe bundle publish regenerate expected test lint bench bench-runtime bench-export-full bench-quantise-full fixture-train sensitivity clean
+.PHONY: all setup export quantise verify parity metadata transcribe bundle publish regenerate expected test lint bench bench-runtime bench-export-full bench-quantise-full bench-tiers bench-profile fixture-train sensitivity clean
 
 all: export quantise parity metadata transcribe
 
@@ -100,6 +100,17 @@ bench-export-full: setup
 # (builds the full-size bundle with bench/export_full.py first if /tmp/granite-full has none): about an hour.
 bench-quantise-full: setup
 	$(PY) bench/quantise_full.py --config $(FULL_CONFIG) --work /tmp/granite-full --clips clips
+
+# Each quantised tier's decode_step against FP32, interleaved in one process: the full-size tiers that
+# bench-quantise-full left in /tmp/granite-full (decode only), then the trained fixture with its transcripts.
+bench-tiers: setup
+	$(PY) bench/decode_tiers.py --bundle /tmp/granite-full/bundle --past 330 --steps 60 --json bench/results/decode_tiers_full.json
+	$(PY) bench/decode_tiers.py --bundle out/trained --clip synthetic/heldout/heldout-000.flac --steps 400 --json bench/results/decode_tiers_trained.json
+
+# Per-operator time of one full-size graph at 2 threads, beside PyTorch's encoder (GRAPH=decode_step, ...).
+GRAPH ?= encoder
+bench-profile: setup
+	$(PY) bench/profile_ops.py --bundle /tmp/granite-full/bundle --graph $(GRAPH) --threads 2 --checkpoint /tmp/granite-full/checkpoint
 
 # Train the small Granite Speech behind `--model trained` on speech synthesised with piper-tts, in the four
 # phases the shipped weights had, then rewrite the synthetic clip sets; piper-tts and its CC0 voice come from

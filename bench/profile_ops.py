@@ -101,6 +101,7 @@ def top(table: dict, n: int) -> list[tuple[str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--tier", help="Profile this quantised tier's graph (default FP32).")
     parser.add_argument("--graph", choices=("encoder", "prompt_encode", "decode_step"), default="encoder")
     parser.add_argument("--threads", type=int, nargs="+", default=[2])
     parser.add_argument("--seconds", type=float, default=30.0)
@@ -114,10 +115,11 @@ def main() -> None:
 
     from granite_onnx.runtime.bundle import Bundle
 
-    bundle = Bundle.open(args.bundle)
+    bundle = Bundle.open(args.bundle, args.tier)
     feeds = graph_feeds(bundle, args.graph, args.seconds, args.past)
     prefix = (args.json.parent if args.json else Path("/tmp")) / f"profile_{args.graph}"
-    result = {"machine": machine_facts(max(args.threads)), "graph": args.graph, "seconds": args.seconds}
+    result = {"machine": machine_facts(max(args.threads)), "graph": args.graph, "tier": args.tier}
+    result["seconds"] = args.seconds
     result["onnx"] = {t: onnx_profile(bundle, args.graph, feeds, t, prefix) for t in args.threads}
     if args.checkpoint and args.graph == "encoder":
         result["pytorch"] = {

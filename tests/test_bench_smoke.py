@@ -99,3 +99,46 @@ def test_scale_benchmark_runs_on_the_tiny_bundle(tiny_bundle, tiny_ckpt, tmp_pat
     assert runs["onnx-shared"]["tokens"] == runs["onnx-per-graph"]["tokens"]  # same weights, same greedy path
     assert runs["pytorch"]["tokens"] == runs["onnx-per-graph"]["tokens"]
     assert result["figures"]["onnx_e2e_over_pytorch"] > 0
+
+
+def test_decode_tiers_benchmark_runs_on_the_quantised_tiny_bundle(quantised_bundle, tmp_path):
+    out = tmp_path / "tiers.json"
+    run_bench(
+        "decode_tiers.py",
+        "--bundle",
+        str(quantised_bundle),
+        "--clip",
+        str(CLIPS / "jfk.flac"),
+        "--steps",
+        "3",
+        "--tokens",
+        "4",
+        "--json",
+        str(out),
+    )
+    result = json.loads(out.read_text())
+    assert set(result["tiers"]) == {"fp32", "fp16", "int8", "int8s", "int8w"}
+    assert result["tiers"]["fp32"]["tokens_equal_fp32"] is True
+    assert all(r["decode_ms_median"] > 0 for r in result["tiers"].values())
+
+
+def test_profile_benchmark_runs_on_the_tiny_bundle(tiny_bundle, tiny_ckpt, tmp_path):
+    out = tmp_path / "ops.json"
+    run_bench(
+        "profile_ops.py",
+        "--bundle",
+        str(tiny_bundle),
+        "--graph",
+        "encoder",
+        "--threads",
+        "1",
+        "--seconds",
+        "2",
+        "--checkpoint",
+        str(tiny_ckpt),
+        "--json",
+        str(out),
+    )
+    result = json.loads(out.read_text())
+    assert result["onnx"]["1"]["kernel_s"] > 0 and "MatMul" in result["onnx"]["1"]["by_op"]
+    assert result["pytorch"]["1"]["wall_s"] > 0
