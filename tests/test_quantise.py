@@ -534,3 +534,19 @@ def test_streamed_fp16_equals_the_converter_run_on_the_loaded_graph(tiny_bundle,
     assert all(values[name].dtype == np.float16 for name in transforms)
     kept_weight = next(n.input[1] for n in graph.node if n.name == keep[0])
     assert values[kept_weight].dtype == np.float32
+
+
+def test_the_load_check_of_an_fp16_graph_still_catches_a_broken_graph(quantised_bundle, tmp_path):
+    """fp16 graphs are load-checked without constant folding (it only upcasts their weights); a graph
+    onnxruntime cannot run must still fail the check."""
+    from granite_onnx.audit import check_loads
+
+    src = quantised_bundle / "encoder_fp16.onnx"
+    assert check_loads(src) == []
+    model = onnx.load(str(src), load_external_data=False)
+    cast = next(n for n in model.graph.node if n.op_type == "Cast")
+    next(a for a in cast.attribute if a.name == "to").i = onnx.TensorProto.STRING  # no kernel can follow it
+    shutil.copy(src.with_name(src.name + "_data"), tmp_path / (src.name + "_data"))
+    onnx.save(model, str(tmp_path / src.name))
+    problems = check_loads(tmp_path / src.name)
+    assert len(problems) == 2 and all("refuses it" in p for p in problems)
