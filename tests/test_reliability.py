@@ -40,12 +40,25 @@ def temporaries(*folders: Path) -> list[str]:
     return [p.name for f in folders for p in f.iterdir() if TEMP_MARK in p.name]
 
 
-def cli_process(*args: str, **kwargs) -> subprocess.Popen:
+def _terminal_sigint() -> None:
+    """Ctrl-C as a terminal delivers it. A shell that runs the suite in the background (``cmd &``) starts
+    it with SIGINT ignored, every child inherits that, and Python then installs no KeyboardInterrupt
+    handler: the CLI would (rightly) ignore the test's SIGINT."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def cli_process(*args: str, preexec_fn=None, **kwargs) -> subprocess.Popen:
+    def setup() -> None:
+        _terminal_sigint()
+        if preexec_fn is not None:
+            preexec_fn()
+
     return subprocess.Popen(
         [sys.executable, "-m", "granite_onnx.cli", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=setup,
         **kwargs,
     )
 
