@@ -88,12 +88,13 @@ def _clipping() -> tuple[float, float]:
     return params["min_positive_val"].default, params["max_finite_val"].default
 
 
+MIN_POSITIVE, MAX_FINITE = _clipping()  # read once, not per weight
+
+
 def to_fp16_bytes(raw: bytes) -> bytes:
     """FP32 bytes -> FP16 bytes, clipped as the converter clips the weights it holds in memory."""
-    low, high = _clipping()
-    return (
-        float16.convert_np_to_float16(np.frombuffer(raw, np.float32), low, high).astype(np.float16).tobytes()
-    )
+    values = np.frombuffer(raw, np.float32)
+    return float16.convert_np_to_float16(values, MIN_POSITIVE, MAX_FINITE).astype(np.float16).tobytes()
 
 
 def convert_weightless(
