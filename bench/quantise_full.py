@@ -398,9 +398,12 @@ def machine_facts(threads: int) -> dict:
     import onnx
     import onnxruntime
 
+    from granite_onnx.runtime.cpu import current_cpu
+
     return {
         "cpu_count": os.cpu_count(),
         "cpu": cpu_model(),
+        "cpu_kernels": current_cpu().to_json(),  # the ISA flags and integer kernel the figures hold for
         "threads": threads,
         "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "onnxruntime": onnxruntime.__version__,

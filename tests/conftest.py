@@ -80,14 +80,14 @@ def measured_bundle(tiny_bundle: Path, tiny_ckpt: Path, tmp_path_factory: pytest
 
 @pytest.fixture(scope="session")
 def quantised_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the tiny bundle with all four tiers written by the quantise stage (read-only)."""
+    """A copy of the tiny bundle with the four default tiers written by the quantise stage (read-only)."""
     import shutil
 
     from granite_onnx.quantise.stage import QuantiseOptions, quantise_bundle
-    from granite_onnx.quantise.tiers import TIERS
+    from granite_onnx.quantise.tiers import DEFAULT_TIERS
 
     bundle = tmp_path_factory.mktemp("quantised") / "tiny"
     shutil.copytree(tiny_bundle, bundle)
-    for tier in TIERS:
+    for tier in DEFAULT_TIERS:
         quantise_bundle(bundle, tier, QuantiseOptions(clips=CLIPS))
     return bundle

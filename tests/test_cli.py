@@ -166,3 +166,24 @@ def test_transcribe_audio_too_long_for_the_model_positions(tiny_bundle, tmp_path
     sf.write(path, np.random.default_rng(0).standard_normal(16000 * 400).astype(np.float32) * 0.1, 16000)
     result = run("transcribe", "--bundle", str(tiny_bundle), str(path))
     assert_user_error(result, "long.flac", "4096 positions")
+
+
+@pytest.mark.parametrize("missing", ["transformers", "torch"])
+@pytest.mark.parametrize("command", ["fixture", "export", "parity"])
+def test_a_command_that_needs_the_export_extra_names_it_when_it_is_missing(
+    command, missing, tiny_bundle, tiny_ckpt, tmp_path, monkeypatch
+):
+    """Installed without `[export]`, torch and transformers cannot be imported: one line naming the extra."""
+    import sys
+
+    for name in [m for m in sys.modules if m == missing or m.startswith(f"{missing}.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, missing, None)  # `import transformers` now raises ModuleNotFoundError
+    args = {
+        "fixture": ["fixture", str(tmp_path / "ckpt")],
+        "export": ["export", "--model-dir", str(tiny_ckpt), "--out-dir", str(tmp_path / "b")],
+        "parity": ["parity", "--bundle", str(tiny_bundle), "--model-dir", str(tiny_ckpt), "--clips", "clips"],
+    }[command]
+    result = run(*args)
+    assert_user_error(result, f"granite-onnx {command}", missing, "pip install 'granite-onnx[export]'")
+    assert not (tmp_path / "b").exists() and not (tmp_path / "ckpt").exists()

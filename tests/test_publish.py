@@ -224,3 +224,40 @@ def test_expectation_flags_a_changed_artefact_and_a_changed_transcript(measured,
     expected_file.write_text(json.dumps(expected))
     result = run("expect", "--bundle", str(bundle), "--expected", str(expected_file))
     assert result.exit_code == 1 and "differs from" in result.stderr
+
+
+def test_expectation_holds_a_near_tie_divergence_loosely_and_a_confident_one_exactly():
+    """A quantised transcript that leaves PyTorch's at a near-tie is what CPU rounding can change (AVX2
+    against AVX-512): byte-exact and near-tie outcomes are interchangeable; a confident divergence, or any
+    change in FP32, is still a difference."""
+    from granite_onnx.publish.expectation import NEAR_TIE, _parity_results, differences
+
+    def report(int8_margin, int8_exact, fp32_text="a b c"):
+        int8 = {
+            "tier": "int8",
+            "text": "x" if not int8_exact else "a b c",
+            "byte_exact": int8_exact,
+            "margin_at_divergence": None if int8_exact else int8_margin,
+        }
+        fp32 = {
+            "tier": "fp32",
+            "text": fp32_text,
+            "byte_exact": fp32_text == "a b c",
+            "margin_at_divergence": None,
+        }
+        clip = {
+            "clip": "c.flac",
+            "pytorch_text": "a b c",
+            "tiers": [fp32, int8],
+            "pytorch_margins": [0.01, *([5.0] * 20)],
+        }
+        return {"gates": [], "multi_clip_parity": [clip]}
+
+    def snap(parity):
+        return {"sha256": {}, "parity": _parity_results(parity)}
+
+    near, exact, confident = report(0.001, False), report(None, True), report(5.0, False)
+    assert snap(near)["parity"]["clips"]["c.flac"]["int8"] == NEAR_TIE
+    assert differences(snap(near), snap(exact)) == [] and differences(snap(exact), snap(near)) == []
+    assert differences(snap(confident), snap(exact)) and differences(snap(confident), snap(near))
+    assert differences(snap(report(0.001, False, fp32_text="a b d")), snap(near))

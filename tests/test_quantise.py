@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -10,6 +11,8 @@ import onnx
 import pytest
 from click.testing import CliRunner
 from conftest import CLIPS
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import numpy_helper
 
 from granite_onnx.audit import audit_file
@@ -17,7 +20,7 @@ from granite_onnx.cli import cli
 from granite_onnx.errors import BundleError, GraniteOnnxError
 from granite_onnx.quantise.calibration import collect
 from granite_onnx.quantise.stage import QuantiseError, QuantiseOptions, quantise_bundle
-from granite_onnx.quantise.tiers import TIERS
+from granite_onnx.quantise.tiers import DEFAULT_TIERS, TIERS
 from granite_onnx.quantise.weight_only import SUFFIX
 from granite_onnx.runtime.audio import load_audio
 from granite_onnx.runtime.bundle import Bundle, available_tiers
@@ -52,7 +55,7 @@ def snapshot(folder):
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
-@pytest.mark.parametrize("tier", list(TIERS))
+@pytest.mark.parametrize("tier", DEFAULT_TIERS)
 def test_each_tier_is_opset_20_ir_10_default_domain_with_one_sidecar(quantised_bundle, tier):
     files = tier_files(quantised_bundle, tier)
     assert [f.stem for f in files] == sorted(f"{g}_{tier}" for g in TIERS[tier].graphs)
@@ -297,7 +300,7 @@ def test_every_tier_runs_in_the_onnx_runtime(quantised_bundle):
         "decode_step.onnx",
     ]
     reference = SpeechPipeline(quantised_bundle).transcribe_file(CLIPS / "jfk.flac", 8)
-    for tier in TIERS:
+    for tier in DEFAULT_TIERS:
         got = SpeechPipeline(quantised_bundle, tier=tier).transcribe_file(CLIPS / "jfk.flac", 8)
         assert len(got.token_ids) == 8, tier
     assert (
@@ -354,7 +357,7 @@ def test_quantised_tiers_diverge_from_pytorch_only_at_near_ties(tier_parity):
 
     assert tier_parity.quantised_gate == "near-tie" and tier_parity.passed, tier_parity.failed_gates()
     names = {g.name for g in tier_parity.gates}
-    assert {f"{t}_diverges_only_at_near_ties" for t in TIERS} <= names
+    assert {f"{t}_diverges_only_at_near_ties" for t in DEFAULT_TIERS} <= names
     limit = near_tie_margin(tier_parity.multi_clip_parity)
     for block in tier_parity.single_clip:
         if block.tier in ("int8w", "int8s"):  # teacher forcing on the reference clip
@@ -441,10 +444,11 @@ def test_streamed_int8s_matches_quantize_static(tiny_bundle, tmp_path, graph):
     src = tiny_bundle / f"{graph}.onnx"
     for d in ("ort", "streamed"):
         (tmp_path / d).mkdir()
-    static.quantise_file(src, tmp_path / "ort" / "raw.onnx", calib.feeds[graph], "minmax", [])
+    recipe = dataclasses.replace(static.SEVEN_BIT, range_bits=None)  # quantize_static cannot round ranges
+    static.quantise_file(src, tmp_path / "ort" / "raw.onnx", calib.feeds[graph], "minmax", [], recipe)
     rewrite_with_sidecar(tmp_path / "ort" / "raw.onnx", tmp_path / "ort" / "x.onnx")
     static.quantise_streaming(
-        src, tmp_path / "streamed" / "x.onnx", calib.feeds[graph], "minmax", [], tmp_path / "w"
+        src, tmp_path / "streamed" / "x.onnx", calib.feeds[graph], "minmax", [], tmp_path / "w", recipe
     )
     want, got = load(tmp_path / "ort" / "x.onnx", True), load(tmp_path / "streamed" / "x.onnx", True)
     assert list(want.graph.node) == list(got.graph.node)
@@ -459,6 +463,55 @@ def test_streamed_int8s_matches_quantize_static(tiny_bundle, tmp_path, graph):
             assert np.abs(b[name].astype(int) - value.astype(int)).max() <= 1, name
         else:
             np.testing.assert_array_equal(b[name], value, err_msg=name)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(-1e6, 1e6, allow_nan=False, width=32))
+def test_calibrated_range_ends_round_outwards_to_a_short_mantissa(value):
+    """Rounded ends move away from the range (min down, max up) by less than 1/8 of the value, land on a
+    4-significant-bit grid (so FP32 noise in the measured value rarely moves them), and stay put when
+    rounded again."""
+    from granite_onnx.quantise.static import RANGE_BITS, round_outwards
+
+    x = np.float32(value)
+    for up in (True, False):
+        r = round_outwards(np.array(x), up=up)
+        assert r.dtype == np.float32
+        assert (r >= x) if up else (r <= x)
+        assert abs(float(r) - float(x)) <= abs(float(x)) / 2 ** (RANGE_BITS - 1)
+        assert round_outwards(r, up=up) == r
+        if r != 0:
+            mantissa = abs(float(r)) / 2.0 ** np.floor(np.log2(abs(float(r))))
+            assert (mantissa * 2 ** (RANGE_BITS - 1)).is_integer()
+
+
+def test_int8s_stores_7_bit_weights_and_records_its_rounded_ranges(quantised_bundle):
+    model = load(quantised_bundle / "decode_step_int8s.onnx", True)
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    dq_inputs = [n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    weights = [w for w in dq_inputs if w in inits and inits[w].dtype == np.int8]
+    assert weights and all(np.abs(inits[w].astype(int)).max() <= 64 for w in weights)
+    report = json.loads((quantised_bundle / "quantise_int8s.json").read_text())
+    for graph in report["graphs"].values():
+        settings = graph["details"]["settings"]
+        assert settings["reduce_range"] is True and settings["range_significant_bits"] == 4
+
+
+def test_round_ranges_widens_every_range_of_a_calibration():
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+
+    from granite_onnx.quantise.static import round_ranges
+
+    raw = TensorsData(
+        CalibrationMethod.MinMax,
+        {
+            "a": TensorData(lowest=np.float32(-0.30001), highest=np.float32(1.7)),
+            "b": (np.float32(0), np.float32(3)),
+        },
+    )
+    got = round_ranges(raw)
+    assert float(got["a"].range_value[0]) == -0.3125 and float(got["a"].range_value[1]) == 1.75
+    assert float(got["b"].range_value[0]) == 0.0 and float(got["b"].range_value[1]) == 3.0
 
 
 def test_verify_fails_a_tier_graph_with_a_com_microsoft_node_or_a_second_sidecar(quantised_bundle, tmp_path):

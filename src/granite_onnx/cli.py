@@ -16,6 +16,9 @@ import click
 from . import __version__
 from .errors import GraniteOnnxError, Interrupted, from_os_error
 
+# Modules only an optional extra installs (pyproject's [project.optional-dependencies]), by import name.
+EXTRAS = {"torch": "export", "transformers": "export", "safetensors": "export"}
+
 
 class _Group(click.Group):
     """Turns the failures a user can act on into one line and an exit code, never a traceback.
@@ -29,6 +32,16 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except GraniteOnnxError as exc:
             click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+        except ModuleNotFoundError as exc:
+            extra = EXTRAS.get((exc.name or "").split(".")[0])
+            if extra is None:
+                raise
+            click.echo(
+                f"error: `granite-onnx {ctx.invoked_subcommand}` needs {exc.name}, which is not installed: "
+                f"pip install 'granite-onnx[{extra}]'",
+                err=True,
+            )
             ctx.exit(2)
         except OSError as exc:
             user_error = from_os_error(exc)
@@ -50,6 +63,13 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="granite-onnx")
 def cli() -> None:
     """Export Granite Speech checkpoints to ONNX, prove them against PyTorch, publish them."""
+
+
+def _require_export_extra() -> None:
+    """Before any work: the commands that run PyTorch need the ``[export]`` extra (a missing module
+    becomes one ``error:`` line naming it, in :class:`_Group`)."""
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
 
 
 def _progress(message: str) -> None:
@@ -97,6 +117,7 @@ def _source(model_dir: Path | None, model: str | None, revision: str | None):
 @_layout_option("prompt_encode and decode_step")
 def export(model_dir, model, revision, out_dir, graphs, no_check, force, layout) -> None:
     """Export encoder, prompt_encode and decode_step (FP32) plus the processor files."""
+    _require_export_extra()
     from .export.stage import ExportOptions, export_bundle
     from .specs import GRAPH_NAMES
 
@@ -123,6 +144,7 @@ def export(model_dir, model, revision, out_dir, graphs, no_check, force, layout)
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
 def fixture(out_dir: Path, seed: int) -> None:
     """Write the built-in tiny Granite Speech checkpoint as a Hugging Face folder."""
+    _require_export_extra()
     from .fixtures import TinySpec, write_tiny_checkpoint
     from .staging import check_output_dir
 
@@ -134,7 +156,11 @@ def fixture(out_dir: Path, seed: int) -> None:
 @cli.command()
 @click.option("--bundle", required=True, type=click.Path(path_type=Path), help="Bundle folder from `export`.")
 @click.option(
-    "--tier", "tiers", required=True, multiple=True, help="int8, int8w, int8s or fp16 (repeatable; 'all')."
+    "--tier",
+    "tiers",
+    required=True,
+    multiple=True,
+    help="int8, int8w, int8s, fp16 or int8-published (repeatable; 'all': the first four).",
 )
 @click.option(
     "--exclude", multiple=True, help="Node name or shell pattern to keep in full precision (repeatable)."
@@ -160,13 +186,15 @@ def fixture(out_dir: Path, seed: int) -> None:
 def quantise(bundle, tiers, exclude, clips_dir, calibration, threads, force, layout) -> None:
     """Write quantised graphs beside the FP32 ones, audit them, and record what changed."""
     from .quantise.stage import QuantiseOptions, quantise_bundle
-    from .quantise.tiers import TIERS
+    from .quantise.tiers import DEFAULT_TIERS, TIERS
 
-    names = list(TIERS) if "all" in tiers else list(dict.fromkeys(tiers))
+    names = list(DEFAULT_TIERS) if "all" in tiers else list(dict.fromkeys(tiers))
     options = QuantiseOptions(
         exclude=tuple(exclude), clips=clips_dir, calibration=calibration, threads=threads, layout=layout
     )
     for name in names:
+        if name in TIERS and TIERS[name].warning:
+            click.echo(f"warning: tier {name}: {TIERS[name].warning}", err=True)
         report = quantise_bundle(bundle, name, options, progress=_progress, force=force)
         if report.skipped:
             _up_to_date(f"tier {name}", "FP32 graphs, clips, options and toolchain")
@@ -189,9 +217,14 @@ def quantise(bundle, tiers, exclude, clips_dir, calibration, threads, force, lay
 @click.argument("audio", nargs=-1, required=True, type=click.Path(path_type=Path))
 def transcribe(bundle, tier, max_new_tokens, threads, as_json, audio) -> None:
     """Transcribe AUDIO files (wav/flac, any rate, stereo downmixed) with onnxruntime alone."""
+    from .runtime.cpu import current_cpu
     from .runtime.pipeline import SpeechPipeline
+    from .runtime.saturation import saturation_warning
 
     pipeline = SpeechPipeline(bundle, tier=tier, threads=threads)
+    warning = saturation_warning(bundle, tier, current_cpu().saturating_u8s8)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     for path in audio:
         result = pipeline.transcribe_file(path, max_new_tokens)
         if as_json:
@@ -266,6 +299,7 @@ def parity(
     force,
 ) -> None:
     """Measure the bundle against transformers' PyTorch model; exit 1 when a gate fails."""
+    _require_export_extra()
     from tqdm import tqdm
 
     from .parity.harness import ParityOptions
@@ -361,7 +395,7 @@ def publish(folder: Path, repo_id: str, revision: str | None, private: bool, dry
 )
 def verify(bundle, repo_id, revision, model_dir, model, clips_dir) -> None:
     """Portability audit (and checksums, and optionally parity); exit 1 on any failure."""
-    from .verify import download_bundle, format_checks, verify_bundle
+    from .verify import download_bundle, format_checks, kernel_warnings, verify_bundle
 
     if (bundle is None) == (repo_id is None):
         raise click.UsageError("give exactly one of --bundle DIR or --repo-id OWNER/NAME")
@@ -369,6 +403,8 @@ def verify(bundle, repo_id, revision, model_dir, model, clips_dir) -> None:
     checks = verify_bundle(folder, require_manifest=repo_id is not None)
     for line in format_checks(checks):
         click.echo(line)
+    for warning in kernel_warnings(folder):
+        click.echo(f"warning: {warning}", err=True)
     failed = [c for c in checks if not c.ok]
     if model_dir is not None or model is not None:
         from .parity.harness import ParityOptions, run_parity

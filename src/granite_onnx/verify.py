@@ -13,6 +13,8 @@ from pathlib import Path
 from .audit import audit_file, check_kv_agreement, check_loads
 from .errors import BundleError, GraniteOnnxError
 from .publish.checksums import MANIFEST, verify_manifest
+from .runtime import cpu
+from .runtime.saturation import saturation_warning, tier_verdict
 from .specs import DECODE_STEP, PROMPT_ENCODE
 from .userfiles import is_dir, one_line
 
@@ -60,6 +62,7 @@ def verify_bundle(folder: Path, load: bool = True, require_manifest: bool = Fals
             checks.append(
                 Check(f"{prompt.name} -> {decode.name}", "KV names/shapes", not problems, "; ".join(problems))
             )
+    checks += kernel_checks(folder)
     if (folder / MANIFEST).is_file() or require_manifest:
         problems = verify_manifest(folder)
         checks.append(Check(MANIFEST, "checksums", not problems, "; ".join(problems)))
@@ -68,6 +71,31 @@ def verify_bundle(folder: Path, load: bool = True, require_manifest: bool = Fals
             Check(MANIFEST, "checksums", True, "no SHA256SUMS: not an assembled bundle", skipped=True)
         )
     return checks
+
+
+def kernel_checks(folder: Path) -> list[Check]:
+    """Per quantised tier: can its integer products saturate on some CPU (runtime.saturation)? That is
+    information, not a failure: the warning for the CPU at hand is :func:`kernel_warnings`."""
+    checks = []
+    for suffix in _tiers(folder)[1:]:
+        verdict = tier_verdict(folder, suffix[1:])
+        if not verdict["integer_sites"]:
+            continue
+        unsafe, sites = verdict["sites_that_can_saturate"], verdict["integer_sites"]
+        detail = (
+            f"{unsafe} of {sites} integer products can saturate on x86 CPUs without VNNI"
+            if verdict["can_saturate"]
+            else f"none of {sites} integer products can saturate on any CPU"
+        )
+        checks.append(Check(f"tier {suffix[1:]}", "integer kernels", True, detail))
+    return checks
+
+
+def kernel_warnings(folder: Path) -> list[str]:
+    """One line per tier that can compute wrong integer products on *this* CPU (none elsewhere)."""
+    saturating = cpu.current_cpu().saturating_u8s8  # looked up at call time (tests replace it)
+    found = (saturation_warning(folder, suffix[1:], saturating) for suffix in _tiers(folder)[1:])
+    return [w for w in found if w]
 
 
 def download_bundle(repo_id: str, revision: str | None = None, cache_dir: Path | None = None) -> Path:

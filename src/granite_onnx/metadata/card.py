@@ -479,6 +479,39 @@ def gates_table(parity: dict) -> str:
     return table(["gate", "verdict", "detail"], rows)
 
 
+def kernels_paragraph(parity: dict) -> str:
+    """Where the figures were measured, and which quantised tiers' figures hold on every CPU."""
+    cpu = parity.get("cpu") or {}
+    if not cpu:
+        return (
+            "The CPU these figures were measured on was **not recorded** (a parity report from before "
+            "granite-onnx recorded it): a quantised tier's figures may not hold on another CPU."
+        )
+    flags = ", ".join(f"`{f}`" for f in cpu.get("features", [])) or "none of the kernel-picking flags"
+    text = (
+        f"Measured on **{cpu.get('model')}** ({cpu.get('machine')}; {flags}), where onnxruntime's integer "
+        f"kernel is **{cpu.get('integer_kernel')}**. A quantised figure holds for the kernels that made it."
+    )
+    safe = [
+        t
+        for t, v in (parity.get("kernel_saturation") or {}).items()
+        if v.get("integer_sites") and not v.get("can_saturate")
+    ]
+    unsafe = [t for t, v in (parity.get("kernel_saturation") or {}).items() if v.get("can_saturate")]
+    if safe:
+        text += (
+            f" In {', '.join(safe)} no integer product can saturate on any CPU (every pair of stored weights "
+            "has |w0| + |w1| <= 128): their integer products are exact on AVX2, AVX-512, VNNI, AMX and ARM64 "
+            "alike, and only FP32 rounding around them differs between CPUs (enough to flip a near-tie)."
+        )
+    if unsafe:
+        text += (
+            f" **Warning:** {', '.join(unsafe)} can saturate on x86 CPUs without VNNI (AVX2, AVX-512 before "
+            "Cascade Lake / Zen 4), where these figures do not hold."
+        )
+    return text
+
+
 def parity_section(meta: dict) -> str:
     """The numeric block per tier, the per-clip transcript table and the gates; or plainly: not measured."""
     parity = meta.get("parity")
@@ -499,6 +532,7 @@ def parity_section(meta: dict) -> str:
         f"(`{reference}`): both sides get identical features, decoding is greedy, at most "
         f"{parity['max_new_tokens']} new tokens. Text normalisation for WER and edit distance: "
         f"{parity['normalisation']}. Overall verdict: **{'PASS' if parity['passed'] else 'FAIL'}**.",
+        kernels_paragraph(parity),
         "### Numeric parity (single clip)",
         "Largest absolute differences from PyTorch: encoder output (audio embeddings), "
         "`prompt_encode` logits and KV cache; then `decode_step` fed PyTorch's own tokens "
@@ -570,6 +604,8 @@ def quantisation_section(meta: dict) -> str:
     for tier, report in sorted(quant.items()):
         line = f"- **{tier}**: {report.get('method', '')}; quantised in {report.get('seconds')} s"
         line += f", peak RSS {report.get('peak_rss_mib')} MiB."
+        if report.get("warning"):
+            line += f" **Warning:** {report['warning']}."
         for graph, g in report.get("graphs", {}).items():
             details = g.get("details", {})
             if "kept_fp32_op_types" in details:

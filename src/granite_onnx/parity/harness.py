@@ -22,12 +22,24 @@ from ..checkpoint import CheckpointSource, load_reference_model
 from ..errors import GraniteOnnxError
 from ..runtime.audio import load_audio
 from ..runtime.bundle import available_tiers
+from ..runtime.cpu import current_cpu
 from ..runtime.features import audio_token_count, log_mel
 from ..runtime.pipeline import SpeechPipeline
+from ..runtime.saturation import tier_verdict
 from ..userfiles import is_file, shown_path
 from . import reference
 from .clips import Clip, load_clip_sets
-from .metrics import NORMALISATION, ErrorStats, char_distance, first_divergence, normalise, top2_margins, wer
+from .metrics import (
+    NEAR_TIE_PERCENTILE,
+    NORMALISATION,
+    ErrorStats,
+    char_distance,
+    first_divergence,
+    near_tie_limit,
+    normalise,
+    top2_margins,
+    wer,
+)
 from .report import (
     FP32,
     ClipParity,
@@ -59,7 +71,6 @@ class ParityOptions:
 
 
 QUANTISED_GATES = ("auto", "wer", "near-tie")
-NEAR_TIE_PERCENTILE = 10  # a near-tie: a step whose PyTorch margin is in the lowest 10 % over all clips
 
 
 def resolve_quantised_gate(option: str, checkpoint: CheckpointSource) -> str:
@@ -238,8 +249,7 @@ def corpus_wer(clips: tuple[ClipParity, ...], tier: str) -> float:
 
 def near_tie_margin(clips: tuple[ClipParity, ...]) -> float:
     """PyTorch's top-1/top-2 margin below which a step counts as a near-tie (pooled over every clip)."""
-    margins = [m for c in clips for m in c.pytorch_margins]
-    return float(np.percentile(margins, NEAR_TIE_PERCENTILE)) if margins else 0.0
+    return near_tie_limit(m for c in clips for m in c.pytorch_margins)
 
 
 def _near_tie_gate(clips: tuple[ClipParity, ...], tier: str, wer_value: float) -> Gate:
@@ -402,4 +412,6 @@ def run_parity(
         },
         gate_set=options.gate_set,
         ungated=tuple(t for t in options.ungated if t in tiers),
+        cpu=current_cpu().to_json(),
+        kernel_saturation={t: tier_verdict(Path(bundle), _tier_arg(t)) for t in tiers if t != FP32},
     )

@@ -21,6 +21,15 @@ NORMALISATION = (
 _STRIP = re.compile(r"[^\w\s']|_", re.UNICODE)
 
 
+NEAR_TIE_PERCENTILE = 10  # a near-tie: a step whose PyTorch margin is in the lowest 10 % over all clips
+
+
+def near_tie_limit(margins) -> float:
+    """PyTorch's top-1/top-2 margin below which a greedy step counts as a near-tie (pooled margins)."""
+    margins = list(margins)
+    return float(np.percentile(margins, NEAR_TIE_PERCENTILE)) if margins else 0.0
+
+
 def normalise(text: str) -> str:
     return " ".join(_STRIP.sub(" ", text.lower()).split())
 

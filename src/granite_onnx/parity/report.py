@@ -83,6 +83,11 @@ class ParityReport:
     sets: dict = field(default_factory=dict)  # clip set -> pooled measures (see parity.sets)
     gate_set: str | None = None  # the clip set the gates were computed on (None: every clip)
     ungated: tuple[str, ...] = ()  # tiers reported without a gate
+    # The CPU every figure above was measured on, and the integer kernel it ran (see runtime.cpu): a
+    # quantised figure holds for those kernels. Per tier, whether its stored weights can make another
+    # CPU's kernel saturate (runtime.saturation): where they cannot, the figure holds on every CPU.
+    cpu: dict = field(default_factory=dict)
+    kernel_saturation: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property

@@ -9,6 +9,27 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2%}"
 
 
+def kernel_lines(report: ParityReport) -> list[str]:
+    """Where the figures were measured, and which tiers' figures hold on every CPU."""
+    cpu = report.cpu
+    if not cpu:
+        return []
+    flags = " ".join(cpu.get("features", [])) or "-"
+    lines = [
+        f"measured on: {cpu.get('model')} ({cpu.get('machine')}; {flags}; integer kernel: "
+        f"{cpu.get('integer_kernel')})"
+    ]
+    for tier, verdict in report.kernel_saturation.items():
+        if verdict.get("can_saturate"):
+            lines.append(
+                f"  WARNING {tier}: {verdict['sites_that_can_saturate']} of {verdict['integer_sites']} "
+                "integer products can saturate on x86 CPUs without VNNI: figures hold for this CPU's kernels"
+            )
+        elif verdict.get("integer_sites"):
+            lines.append(f"  {tier}: no integer product can saturate on any CPU (weights |w0|+|w1| <= 128)")
+    return lines
+
+
 def summary_lines(report: ParityReport) -> list[str]:
     lines = ["numeric block (reference clip):"]
     lines.append(
@@ -38,6 +59,7 @@ def summary_lines(report: ParityReport) -> list[str]:
                 f"{t.levenshtein_vs_fp32:5d}  {state}"
             )
     lines += set_lines(report.sets)
+    lines += kernel_lines(report)
     lines.append("gates:")
     lines += [f"  {'PASS' if g.passed else 'FAIL'} {g.name}: {g.detail}" for g in report.gates]
     return lines

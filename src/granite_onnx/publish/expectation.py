@@ -1,8 +1,10 @@
 """A committed expectation for the tiny model: what ``make regenerate`` must reproduce exactly.
 
 It holds the sha256 of every artefact (graphs, sidecars, processor files) and the parity results
-that are not floating-point noise (transcripts, byte-exact flags, gate verdicts), plus the toolchain
-that produced them, so a failure can say whether the toolchain moved or the code did.
+that are not floating-point noise (transcripts, byte-exact flags, gate verdicts; a quantised transcript
+that leaves PyTorch's at a near-tie is held as such, not as text), plus the toolchain that produced
+them, so a failure can say whether the toolchain moved or the code did. Every file is the same bytes on
+every x86-64 CPU: int8s's calibrated ranges are rounded so that FP32 kernel noise cannot reach them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from pathlib import Path
 
 from ..checkpoint import BUNDLE_CHECKPOINT_FILES
 from ..errors import BundleError
-from ..parity.report import REPORT_FILE
+from ..parity.metrics import near_tie_limit
+from ..parity.report import FP32, REPORT_FILE
 from ..userfiles import is_dir, one_line, read_json_object
 from .checksums import sha256_file
 
@@ -60,18 +63,58 @@ def snapshot(bundle: Path) -> dict:
     }
 
 
+NEAR_TIE = "diverges at a near-tie"
+
+
+def _tier_result(tier: dict, limit: float) -> list | str:
+    """A tier's transcript as the expectation holds it: ``[text, byte_exact]``, or :data:`NEAR_TIE` for a
+    quantised tier that leaves PyTorch's transcript at one of PyTorch's near-ties.
+
+    Such a transcript depends on the CPU: the integer products of the int8 tiers are exact everywhere,
+    but the FP32 work around them rounds differently on AVX2 and AVX-512 kernels, and a step whose top two
+    logits are that close can flip (measured under qemu Haswell: one of 48 held-out clips of the trained
+    fixture). Where it diverges at a confident step, the text is held exactly."""
+    margin = tier.get("margin_at_divergence")
+    if tier["tier"] != FP32 and not tier["byte_exact"] and margin is not None and margin < limit:
+        return NEAR_TIE
+    return [tier["text"], tier["byte_exact"]]
+
+
 def _parity_results(parity: dict) -> dict:
-    """Gate verdicts and, per clip, the PyTorch transcript and each tier's text and byte-exact flag."""
+    """Gate verdicts and, per clip, the PyTorch transcript and each tier's text and byte-exact flag (or
+    the near-tie mark of :func:`_tier_result`)."""
+    clips = parity["multi_clip_parity"]
+    limit = near_tie_limit(m for c in clips for m in c.get("pytorch_margins", []))
     return {
         "gates": {g["name"]: g["passed"] for g in parity["gates"]},
         "clips": {
             c["clip"]: {
                 "pytorch": c["pytorch_text"],
-                **{t["tier"]: [t["text"], t["byte_exact"]] for t in c["tiers"]},
+                **{t["tier"]: _tier_result(t, limit) for t in c["tiers"]},
             }
-            for c in parity["multi_clip_parity"]
+            for c in clips
         },
     }
+
+
+def _same_tier_result(actual, expected) -> bool:
+    """Equal; or one side left PyTorch at a near-tie and the other did too or stayed byte-exact (the
+    outcomes CPU rounding can swap). Only quantised tiers are ever marked :data:`NEAR_TIE`."""
+    if actual == expected:
+        return True
+    if NEAR_TIE not in (actual, expected):
+        return False
+    other = expected if actual == NEAR_TIE else actual
+    return other == NEAR_TIE or (isinstance(other, list) and len(other) == 2 and other[1] is True)
+
+
+def _same_clip(actual, expected) -> bool:
+    if not isinstance(actual, dict) or not isinstance(expected, dict) or set(actual) != set(expected):
+        return actual == expected
+    return all(
+        actual[k] == expected[k] if k == "pytorch" else _same_tier_result(actual[k], expected[k])
+        for k in actual
+    )
 
 
 def toolchain_changes(actual: dict, expected: dict) -> list[str]:
@@ -95,9 +138,10 @@ def differences(actual: dict, expected: dict) -> list[str]:
     ]
     for key in ("gates", "clips"):
         a, e = actual["parity"][key], expected["parity"][key]
+        same = _same_clip if key == "clips" else (lambda x, y: x == y)
         out += [
             f"parity {key} {k}: expected {e.get(k)!r}, got {a.get(k)!r}"
             for k in sorted(set(a) | set(e))
-            if a.get(k) != e.get(k)
+            if not same(a.get(k), e.get(k))
         ]
     return out

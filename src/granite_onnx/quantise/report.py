@@ -75,6 +75,11 @@ class TierReport:
     peak_rss_mib: float
     toolchain: dict = field(default_factory=versions)
     skipped: bool = field(default=False, compare=False)  # up to date: nothing was re-quantised
+    warning: str | None = None  # the tier's own warning (see tiers.Tier), shown on the card
+    # Whether the written weights can make some CPU's integer kernel saturate (runtime.saturation), and
+    # the CPU that wrote them (static calibration ran its FP32 pass there).
+    kernel_saturation: dict = field(default_factory=dict)
+    cpu: dict = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, doc: dict, skipped: bool = False) -> TierReport:
@@ -94,6 +99,9 @@ class TierReport:
             peak_rss_mib=doc["peak_rss_mib"],
             toolchain=doc.get("toolchain", {}),
             skipped=skipped,
+            warning=doc.get("warning"),
+            kernel_saturation=doc.get("kernel_saturation", {}),
+            cpu=doc.get("cpu", {}),
         )
 
     def to_json(self) -> dict:

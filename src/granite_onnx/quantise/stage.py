@@ -24,6 +24,8 @@ from ..errors import GraniteOnnxError
 from ..identity import copy_export_id
 from ..layout import check_layout, share_llm_weights
 from ..runtime.bundle import Bundle, graph_file
+from ..runtime.cpu import current_cpu
+from ..runtime.saturation import tier_verdict
 from ..sidecar import external_files
 from ..specs import DECODE_STEP, GRAPH_NAMES, PROMPT_ENCODE
 from ..staging import check_output_dir, make_temp_dir, merge_into
@@ -59,7 +61,9 @@ class QuantiseOptions:
         return doc
 
 
-def _tier(name: str) -> Tier:
+def _tier(name: str | Tier) -> Tier:
+    if isinstance(name, Tier):  # a tier not in the registry: a candidate recipe being measured (bench/)
+        return name
     if name not in TIERS:
         raise GraniteOnnxError(f"unknown tier {name!r}: choose from {', '.join(TIERS)}")
     return TIERS[name]
@@ -118,7 +122,7 @@ def tier_stamp(tier: Tier, sources: dict[str, Path], options: QuantiseOptions) -
 
 def quantise_bundle(
     bundle: Path,
-    tier_name: str,
+    tier_name: str | Tier,
     options: QuantiseOptions = QuantiseOptions(),
     progress: Callable[[str], None] | None = None,
     force: bool = False,
@@ -211,6 +215,9 @@ def quantise_bundle(
             options=options.to_json(),
             seconds=round(time.perf_counter() - start, 3),
             peak_rss_mib=peak_rss_mib(),
+            warning=tier.warning,
+            kernel_saturation=tier_verdict(stage, tier.name),  # the staged graphs; missing ones skipped
+            cpu=current_cpu().to_json(),
         )
         report.write(stage)
         shutil.rmtree(scratch, ignore_errors=True)

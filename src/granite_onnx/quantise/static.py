@@ -1,10 +1,16 @@
 """``int8s``: statically calibrated INT8 in QDQ format.
 
-onnxruntime's static quantiser with per-channel symmetric int8 weights and uint8 activations whose
-ranges come from real clips run through the FP32 pipeline (:mod:`.calibration`). Only weight MatMuls
-and Convs are quantised: attention's activation-by-activation products stay FP32. The
-QuantizeLinear / DequantizeLinear pairs are ``ai.onnx`` ops at opset 20; onnxruntime fuses them into
-integer kernels when the session starts.
+onnxruntime's static quantiser with per-channel symmetric 7-bit weights (``reduce_range``: |w| <= 64, so
+that no CPU's u8 x s8 kernel can saturate; see :mod:`.dynamic`) and uint8 activations whose ranges come
+from real clips run through the FP32 pipeline (:mod:`.calibration`). Only weight MatMuls and Convs are
+quantised: attention's activation-by-activation products stay FP32. The QuantizeLinear /
+DequantizeLinear pairs are ``ai.onnx`` ops at opset 20; onnxruntime fuses them into integer kernels when
+the session starts.
+
+The calibrated ranges are rounded outwards to a coarse grid (:func:`round_ranges`) before the scales are
+computed: the FP32 pass that measures them differs in its last bits from one CPU's kernels to another's,
+and unrounded, those bits reach the stored scales, so the same command wrote different bytes on AVX2 and
+AVX-512 machines.
 
 :func:`quantise_streaming` does what :func:`quantise_file` (``quantize_static``) does, with each
 weight read only when needed (:mod:`.lazy`): the calibration model is written beside a hard link to
@@ -14,16 +20,19 @@ the quantised graph is streamed into one sidecar. The tests compare the two on t
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-from onnxruntime.quantization.calibrate import CalibraterBase, TensorsData, create_calibrator
+from onnxruntime.quantization.calibrate import CalibraterBase, TensorData, TensorsData, create_calibrator
 from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 
 from ..sidecar import external_files
@@ -46,6 +55,58 @@ EXTRA_OPTIONS = {
     "CalibStridedMinMax": 1,
 }
 
+# Calibrated range ends are rounded outwards to this many significant bits: a step of 1/16 to 1/32 of the
+# value, against FP32 kernel noise of about 1e-6 of it, so a range moves to another grid point only when a
+# measured end lies within that noise of a grid point (about 1 in 30,000 per range end). It widens a range by
+# at most 1/16 (3 % on average), a fraction of one quantisation step in 256.
+RANGE_BITS = 4
+
+
+@dataclass(frozen=True)
+class StaticRecipe:
+    """The quantiser settings a static INT8 tier is made with."""
+
+    weight_type: QuantType
+    reduce_range: bool  # weights in [-64, 64] (int8) instead of [-127, 127]
+    range_bits: int | None = RANGE_BITS  # None: ranges as measured (CPU-dependent last bits)
+    activation_type: QuantType = QuantType.QUInt8  # QInt8: symmetric int8 activations (S8S8 kernels)
+
+    def options(self) -> dict:
+        """onnxruntime's extra options for this recipe."""
+        return {**EXTRA_OPTIONS, "ActivationSymmetric": self.activation_type == QuantType.QInt8}
+
+
+SEVEN_BIT = StaticRecipe(QuantType.QInt8, reduce_range=True)  # the int8s tier
+FULL_RANGE = StaticRecipe(QuantType.QInt8, reduce_range=False, range_bits=None)  # int8s until 2026-12
+# Measured candidates (bench/int8_candidates.py): uint8 weights, and symmetric int8 activations.
+U8U8 = StaticRecipe(QuantType.QUInt8, reduce_range=False)
+S8S8 = StaticRecipe(QuantType.QInt8, reduce_range=False, activation_type=QuantType.QInt8)
+
+
+def round_outwards(value: np.ndarray, up: bool, bits: int = RANGE_BITS) -> np.ndarray:
+    """``value`` moved away from zero (``up``: towards +inf, else towards -inf) to the nearest number with
+    ``bits`` significant bits. Exact float64 arithmetic on a float32 input: the result is a float32 with a
+    short mantissa, the same on every CPU."""
+    out = []
+    for v in np.asarray(value, dtype=np.float64).ravel():
+        if v == 0 or not math.isfinite(v):
+            out.append(v)
+            continue
+        step = 2.0 ** (math.floor(math.log2(abs(v))) - bits + 1)
+        out.append((math.ceil(v / step) if up else math.floor(v / step)) * step)
+    return np.asarray(out, dtype=np.float32).reshape(np.shape(value))
+
+
+def round_ranges(ranges: TensorsData, bits: int = RANGE_BITS) -> TensorsData:
+    """Every (lowest, highest) pair of ``ranges`` widened to the grid of :func:`round_outwards`."""
+    rounded = {}
+    for name, data in ranges.items():
+        low, high = data.range_value
+        rounded[name] = TensorData(
+            lowest=round_outwards(low, up=False, bits=bits), highest=round_outwards(high, up=True, bits=bits)
+        )
+    return TensorsData(ranges.calibration_method, rounded)
+
 
 def activation_matmuls(src: Path) -> list[str]:
     """MatMuls whose right-hand side is not a weight (attention's scores and context).
@@ -57,17 +118,19 @@ def activation_matmuls(src: Path) -> list[str]:
     return sorted(n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] not in weights)
 
 
-def settings(src: Path, samples: int, method: str) -> dict:
+def settings(src: Path, samples: int, method: str, recipe: StaticRecipe = SEVEN_BIT) -> dict:
     return {
         "format": "QDQ",
         "op_types": list(OP_TYPES),
         "per_channel": True,
-        "activation_type": "QUInt8",
-        "weight_type": "QInt8",
+        "activation_type": recipe.activation_type.name,
+        "weight_type": recipe.weight_type.name,
+        "reduce_range": recipe.reduce_range,
+        "range_significant_bits": recipe.range_bits,
         "calibration": method,
         "calibration_samples": samples,
         "kept_fp32_activation_matmuls": len(activation_matmuls(src)),
-        **EXTRA_OPTIONS,
+        **recipe.options(),
     }
 
 
@@ -75,8 +138,18 @@ def _excluded(src: Path, excluded: list[str]) -> list[str]:
     return sorted(set(excluded) | set(activation_matmuls(src)))
 
 
-def quantise_file(src: Path, raw_out: Path, feeds: Sequence[Feeds], method: str, excluded: list[str]) -> dict:
-    """``quantize_static`` as onnxruntime ships it (whole graph in memory), writing its own layout."""
+def quantise_file(
+    src: Path,
+    raw_out: Path,
+    feeds: Sequence[Feeds],
+    method: str,
+    excluded: list[str],
+    recipe: StaticRecipe = FULL_RANGE,
+) -> dict:
+    """``quantize_static`` as onnxruntime ships it (whole graph in memory), writing its own layout.
+
+    It cannot round the ranges, so it matches :func:`quantise_streaming` only for a recipe without
+    ``range_bits``."""
     quantize_static(
         str(src),
         str(raw_out),
@@ -84,14 +157,15 @@ def quantise_file(src: Path, raw_out: Path, feeds: Sequence[Feeds], method: str,
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=list(OP_TYPES),
         per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
+        reduce_range=recipe.reduce_range,
+        activation_type=recipe.activation_type,
+        weight_type=recipe.weight_type,
         nodes_to_exclude=_excluded(src, excluded),
         use_external_data_format=True,
         calibrate_method=METHODS[method],
-        extra_options=dict(EXTRA_OPTIONS),
+        extra_options=recipe.options(),
     )
-    return settings(src, len(feeds), method)
+    return settings(src, len(feeds), method, recipe)
 
 
 def _session_with_mapped_weights(self) -> None:
@@ -152,28 +226,38 @@ def calibrate(
 
 
 def quantise_streaming(
-    src: Path, dst: Path, feeds: Sequence[Feeds], method: str, excluded: list[str], work: Path
+    src: Path,
+    dst: Path,
+    feeds: Sequence[Feeds],
+    method: str,
+    excluded: list[str],
+    work: Path,
+    recipe: StaticRecipe = SEVEN_BIT,
 ) -> dict:
     """Calibrate on ``feeds`` and write the QDQ graph at ``dst`` + one sidecar (``work``: scratch space)."""
     src, dst = Path(src).resolve(), Path(dst).resolve()
     ranges = calibrate(src, feeds, method, Path(work).resolve())
-    args = (True, False, QuantType.QInt8, QuantType.QUInt8, ranges, [])
+    if recipe.range_bits is not None:
+        ranges = round_ranges(ranges, recipe.range_bits)
+    args = (True, recipe.reduce_range, recipe.weight_type, recipe.activation_type, ranges, [])
     # per_channel, reduce_range, weight and activation types, tensors_range, nodes_to_quantize (all)
     run_quantiser(
         src,
         dst,
-        lambda model: QDQQuantizer(
-            model, *args, _excluded(src, excluded), list(OP_TYPES), dict(EXTRA_OPTIONS)
-        ),
-        QuantType.QInt8,
-        QuantType.QUInt8,
+        lambda model: QDQQuantizer(model, *args, _excluded(src, excluded), list(OP_TYPES), recipe.options()),
+        recipe.weight_type,
+        recipe.activation_type,
     )
-    return settings(src, len(feeds), method)
+    return settings(src, len(feeds), method, recipe)
 
 
-def write_graph(job: GraphJob) -> tuple[dict, dict]:
-    """The tier's writer (see tiers.TIERS): quantised node counts, settings and calibration clips."""
-    settings = quantise_streaming(
-        job.src, job.dst, job.feeds, job.calibration_method, list(job.excluded), job.scratch
-    )
-    return quantised_nodes(job.dst), {"settings": settings, "calibration": job.calibration.summary()}
+def writer(recipe: StaticRecipe):
+    """A tier's writer (see tiers.TIERS) for ``recipe``: quantised node counts, settings, calibration."""
+
+    def write_graph(job: GraphJob) -> tuple[dict, dict]:
+        found = quantise_streaming(
+            job.src, job.dst, job.feeds, job.calibration_method, list(job.excluded), job.scratch, recipe
+        )
+        return quantised_nodes(job.dst), {"settings": found, "calibration": job.calibration.summary()}
+
+    return write_graph

@@ -17,6 +17,15 @@ class Tier:
     graphs: tuple[str, ...]  # graphs this tier writes; the others it runs in FP32
     needs_clips: bool  # calibration or range checks on real audio
     write_graph: Callable[[GraphJob], tuple[dict, dict]]  # -> (quantised node counts, details)
+    warning: str | None = None  # what a user of this tier must know; printed by quantise, on the card
+
+
+# The published 4.1-2b INT8 recipe, kept so that its bundle can be reproduced and compared; see dynamic.py.
+PUBLISHED_WARNING = (
+    "full-range int8 weights, as the published 4.1-2b INT8 bundle: on x86 CPUs without VNNI (AVX2, AVX-512 "
+    "before Cascade Lake / Zen 4) onnxruntime's u8 x s8 kernel saturates pairs of products in int16 and the "
+    "tier computes something else there; use int8 (7-bit weights, exact on every CPU)"
+)
 
 
 TIERS = {
@@ -24,10 +33,11 @@ TIERS = {
     for t in (
         Tier(
             "int8",
-            "dynamic INT8: onnxruntime's dynamic quantiser, QInt8 per-channel weights, its default op types",
+            "dynamic INT8: onnxruntime's dynamic quantiser, 7-bit (reduce_range) QInt8 per-channel weights, "
+            "its default op types; exact integer products on every CPU",
             GRAPH_NAMES,
             False,
-            dynamic.write_graph,
+            dynamic.writer(dynamic.SEVEN_BIT),
         ),
         Tier(
             "int8w",
@@ -38,10 +48,12 @@ TIERS = {
         ),
         Tier(
             "int8s",
-            "static INT8 (QDQ): onnxruntime's static quantiser calibrated on real clips, per-channel",
+            "static INT8 (QDQ): onnxruntime's static quantiser calibrated on real clips, 7-bit "
+            "(reduce_range) per-channel weights, ranges rounded to 4 significant bits; exact integer "
+            "products on every CPU",
             GRAPH_NAMES,
             True,
-            static.write_graph,
+            static.writer(static.SEVEN_BIT),
         ),
         Tier(
             "fp16",
@@ -50,5 +62,14 @@ TIERS = {
             True,
             fp16.write_graph,
         ),
+        Tier(
+            "int8-published",
+            "dynamic INT8 as the published 4.1-2b bundle: full-range QInt8 per-channel weights",
+            GRAPH_NAMES,
+            False,
+            dynamic.writer(dynamic.PUBLISHED),
+            PUBLISHED_WARNING,
+        ),
     )
 }
+DEFAULT_TIERS = ("int8", "int8w", "int8s", "fp16")  # what `--tier all` writes
