@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -78,7 +79,7 @@ def measure(
 
 def qemu() -> str | None:
     """The qemu-user binary that can emulate an AVX2-only x86-64 here, or None (not installed, not x86)."""
-    return shutil.which("qemu-x86_64") if os.uname().machine == "x86_64" else None
+    return shutil.which("qemu-x86_64") if platform.machine() in ("x86_64", "AMD64") else None
 
 
 def measure_emulated(
