@@ -245,34 +245,26 @@ def test_the_published_recipe_is_caught_on_avx2(emulated):
 def test_int8s_is_byte_identical_when_calibrated_on_avx2(kernel_bundle, tmp_path):
     """Calibration runs FP32 inference, whose last bits differ between AVX2 and AVX-512 kernels; the
     rounded ranges make the written int8s files the same bytes on both (the unrounded ones differed)."""
-    import subprocess
-    import sys
-
     _need_qemu()
     bundle = tmp_path / "b"
     shutil.copytree(kernel_bundle, bundle)
     for path in bundle.iterdir():  # the FP32 bundle as export left it
         if path.name.startswith(tuple(f"{g}_" for g in GRAPH_NAMES)) or "quantise" in path.name:
             path.unlink()
-    cli = [
-        sys.executable,
-        "-m",
-        "granite_onnx.cli",
-        "quantise",
-        "--bundle",
-        str(bundle),
-        "--tier",
-        "int8s",
-        "--clips",
-        str(CLIPS),
-    ]
-    done = subprocess.run(
-        [crosscheck.qemu(), "-cpu", crosscheck.EMULATED_CPU, *cli],
-        capture_output=True,
-        text=True,
+    crosscheck.run_emulated(  # raises with qemu's last lines when the quantise command fails
+        [
+            "-m",
+            "granite_onnx.cli",
+            "quantise",
+            "--bundle",
+            str(bundle),
+            "--tier",
+            "int8s",
+            "--clips",
+            str(CLIPS),
+        ],
         timeout=600,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
     digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
     for graph in GRAPH_NAMES:
         for suffix in (".onnx", ".onnx_data"):

@@ -114,6 +114,7 @@ def probe_matmul_integer(a: int = 255, b: int = 127, k: int = 64) -> int:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
     options = ort.SessionOptions()
     options.log_severity_level = 4
+    options.intra_op_num_threads = 1  # no worker threads for one tiny product
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return int(session.run(None, {"A": np.full((1, k), a, np.uint8)})[0][0, 0])
 

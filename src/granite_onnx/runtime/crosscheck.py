@@ -82,6 +82,37 @@ def qemu() -> str | None:
     return shutil.which("qemu-x86_64") if platform.machine() in ("x86_64", "AMD64") else None
 
 
+def run_emulated(
+    python_args: Sequence[str], cpu: str = EMULATED_CPU, timeout: float = 1800, attempts: int = 3
+) -> subprocess.CompletedProcess:
+    """``python python_args...`` under ``qemu-x86_64 -cpu {cpu}``; raises RuntimeError with the last lines
+    of its stderr unless it exits 0.
+
+    qemu-user itself crashes now and then (SIGSEGV inside the emulator: once in about ten runs of the
+    tests' check, never in the same place twice); the programs run here are deterministic, so a death by
+    signal is retried, any other failure is not."""
+    binary = qemu()
+    if binary is None:
+        raise RuntimeError(
+            "qemu-x86_64 is not installed (Debian: apt-get install qemu-user) or this is not x86-64"
+        )
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    for attempt in range(1, attempts + 1):
+        done = subprocess.run(
+            [binary, "-cpu", cpu, sys.executable, *python_args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
+        if done.returncode >= 0 or attempt == attempts:
+            break
+    if done.returncode != 0:
+        tail = [line for line in done.stderr.splitlines() if "TCG doesn't support" not in line][-5:]
+        raise RuntimeError(f"emulated run failed ({done.returncode}, attempt {attempt}): {' | '.join(tail)}")
+    return done
+
+
 def measure_emulated(
     bundle: Path,
     tiers: Sequence[str],
@@ -91,29 +122,12 @@ def measure_emulated(
     timeout: float = 1800,
 ) -> dict:
     """:func:`measure` in a child process under ``qemu-x86_64 -cpu {cpu}`` (about 17x slower)."""
-    binary = qemu()
-    if binary is None:
-        raise RuntimeError(
-            "qemu-x86_64 is not installed (Debian: apt-get install qemu-user) or this is not x86-64"
-        )
-    args = [
-        binary,
-        "-cpu",
-        cpu,
-        sys.executable,
-        "-m",
-        "granite_onnx.runtime.crosscheck",
-        "--bundle",
-        str(bundle),
-    ]
+    args = ["-m", "granite_onnx.runtime.crosscheck", "--bundle", str(bundle)]
     args += [a for t in tiers for a in ("--tier", t)] + ["--max-new-tokens", str(max_new_tokens)]
-    args += [str(c) for c in clips]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
-    if done.returncode != 0:
-        tail = [line for line in done.stderr.splitlines() if "TCG doesn't support" not in line][-5:]
-        raise RuntimeError(f"emulated run failed ({done.returncode}): {' | '.join(tail)}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    done = run_emulated([*args, *(str(c) for c in clips)], cpu, timeout)
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    record["emulator"] = {"qemu": qemu(), "cpu": cpu}
+    return record
 
 
 def main(argv: Sequence[str] | None = None) -> None:
