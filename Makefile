@@ -29,7 +29,7 @@ PARITY_CLIPS ?= clips
 CLIP ?= clips/jfk.flac
 endif
 
-.PHONY: all setup export quantise verify parity metadata transcribe bundle publish regenerate expected test lint bench bench-runtime bench-export-full bench-quantise-full bench-tiers bench-profile bench-int8 fixture-train sensitivity clean
+.PHONY: all setup export quantise verify parity metadata transcribe bundle publish regenerate expected test lint bench bench-runtime bench-export-full bench-quantise-full bench-tiers bench-profile bench-int8 emulated-avx2 fixture-train sensitivity clean
 
 all: export quantise parity metadata transcribe
 
@@ -76,6 +76,16 @@ regenerate: export quantise parity metadata expected
 
 expected: setup
 	$(CLI) expect --bundle $(BUNDLE) --expected expected/$(MODEL).json $(if $(UPDATE),--update)
+
+# The whole pipeline on an emulated AVX2-only CPU (no AVX-512, no VNNI), then its sha256s and parity results
+# against expected/$(MODEL).json: Debian's qemu-user runs this machine's own onnxruntime and torch, which
+# then pick their AVX2 kernels, so a VNNI machine checks what an AVX2 one computes (about 17x slower: 3 min for
+# the tiny model). Needs qemu-x86_64 (`apt-get install qemu-user`); writes out/$(MODEL)-avx2.
+EMULATED_CLI = env ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=1 \
+	qemu-x86_64 -cpu Haswell,-pcid,-x2apic,-tsc-deadline,-hle,-invpcid,-rtm $(PY) $(CLI)
+emulated-avx2: setup
+	@command -v qemu-x86_64 >/dev/null || { echo "error: qemu-x86_64 is missing: apt-get install qemu-user" >&2; exit 2; }
+	$(MAKE) all expected BUNDLE=out/$(MODEL)-avx2 CLI="$(EMULATED_CLI)"
 
 test: setup
 	$(PY) -m pytest -q

@@ -5,8 +5,9 @@ Upstream computes the conformer's block count with ``math.ceil`` and pads / mask
 Python numbers into constants, so a graph traced at one length is silently wrong at another
 (an exact multiple of 200 encoder frames is the classic case). The replacements below compute the
 same quantities with tensor ops on the traced shape, producing the same numbers as upstream at
-every length. They are bound to module instances inside :func:`dynamic_length_patches` and removed
-on exit, so the model is left exactly as loaded.
+every length. The conformer's conv module gets its BatchNorm folded beforehand in float64, so that the
+written weights do not depend on the CPU that exported them. They are bound to module instances inside
+:func:`dynamic_length_patches` and removed on exit, so the model is left exactly as loaded.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import types
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -90,6 +92,47 @@ def projector_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
     return self.linear(queries)
 
 
+FOLDED_WEIGHT, FOLDED_BIAS = "_granite_onnx_folded_weight", "_granite_onnx_folded_bias"
+
+
+def fold_batch_norm(conv: nn.Conv1d, norm: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``conv`` followed by ``norm`` (in eval mode: running statistics) as one convolution's weight and bias,
+    computed in float64 with numpy and rounded once to float32.
+
+    The TorchScript exporter folds the pair itself, in float32 with torch's vectorised kernels, and those
+    round differently on AVX2 and AVX-512 CPUs: the trained fixture's encoder sidecar came out different on
+    an emulated AVX2 machine (8 tensors, up to 9.5e-7 apart). numpy's float64 multiply, divide and sqrt are
+    IEEE-exact on every CPU, so the folded weights here are the same bytes everywhere."""
+    weight = conv.weight.detach().cpu().numpy().astype(np.float64)
+    bias = conv.bias.detach().cpu().numpy().astype(np.float64) if conv.bias is not None else 0.0
+    mean = norm.running_mean.detach().cpu().numpy().astype(np.float64)
+    var = norm.running_var.detach().cpu().numpy().astype(np.float64)
+    gamma = norm.weight.detach().cpu().numpy().astype(np.float64) if norm.affine else 1.0
+    beta = norm.bias.detach().cpu().numpy().astype(np.float64) if norm.affine else 0.0
+    scale = gamma / np.sqrt(var + norm.eps)
+    folded_weight = weight * scale.reshape(-1, *([1] * (weight.ndim - 1)))
+    folded_bias = (bias - mean) * scale + beta
+    return torch.from_numpy(folded_weight.astype(np.float32)), torch.from_numpy(
+        folded_bias.astype(np.float32)
+    )
+
+
+def conv_module_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    """``GraniteSpeechConformerConvModule.forward`` with its BatchNorm folded into the depthwise conv
+    beforehand (:func:`fold_batch_norm`), so that the exporter has nothing left to fold."""
+    hidden_states = self.norm(hidden_states)
+    hidden_states = self.up_conv(hidden_states.permute(0, 2, 1))
+    hidden_states = self.glu(hidden_states)
+    depth = self.depth_conv
+    hidden_states = F.pad(hidden_states, depth.padding)
+    hidden_states = F.conv1d(
+        hidden_states, getattr(self, FOLDED_WEIGHT), getattr(self, FOLDED_BIAS), groups=depth.conv.groups
+    )
+    hidden_states = self.silu(hidden_states)
+    hidden_states = self.down_conv(hidden_states).permute(0, 2, 1)
+    return self.dropout(hidden_states)
+
+
 GROUPED_ATTENTION = "granite_onnx_grouped"
 
 
@@ -150,6 +193,8 @@ def _targets(model: nn.Module) -> Iterator[tuple[nn.Module, object]]:
             yield module, conformer_attention_forward
         elif kind == "GraniteSpeechEncoderProjector":
             yield module, projector_forward
+        elif kind == "GraniteSpeechConformerConvModule" and not module.batch_norm.training:
+            yield module, conv_module_forward
 
 
 @contextlib.contextmanager
@@ -162,9 +207,15 @@ def dynamic_length_patches(model: nn.Module) -> Iterator[int]:
     patched = []
     try:
         for module, fn in _targets(model):
+            if fn is conv_module_forward:
+                weight, bias = fold_batch_norm(module.depth_conv.conv, module.batch_norm)
+                module.register_buffer(FOLDED_WEIGHT, weight, persistent=False)
+                module.register_buffer(FOLDED_BIAS, bias, persistent=False)
             module.forward = types.MethodType(fn, module)
             patched.append(module)
         yield len(patched)
     finally:
         for module in patched:
             del module.forward
+            for name in (FOLDED_WEIGHT, FOLDED_BIAS):
+                module._buffers.pop(name, None)
