@@ -59,11 +59,36 @@ def test_encoder_matches_pytorch_at_lengths_tracing_gets_wrong(sessions, tiny_mo
 
 
 def test_length_patches_restore_the_model(tiny_model):
-    from granite_onnx.export.patches import dynamic_length_patches
+    from granite_onnx.export.patches import FOLDED_BIAS, FOLDED_WEIGHT, dynamic_length_patches
 
+    buffers = {n for n, _ in tiny_model.named_buffers()}
     with dynamic_length_patches(tiny_model) as patched:
-        assert patched == tiny_model.config.encoder_config.num_layers + 1  # attention blocks + projector
+        # attention and conv module of every block, and the projector
+        assert patched == 2 * tiny_model.config.encoder_config.num_layers + 1
     assert all("forward" not in vars(m) for m in tiny_model.modules())
+    assert {n for n, _ in tiny_model.named_buffers()} == buffers
+    assert not any(FOLDED_WEIGHT in n or FOLDED_BIAS in n for n in buffers)
+
+
+def test_the_batch_norm_fold_is_float64_exact_and_matches_upstream(tiny_model):
+    """The folded conv computes what upstream's depthwise conv + BatchNorm compute (to float32 rounding),
+    and its weights are the float64 fold rounded once: the same bytes on every CPU."""
+    from granite_onnx.export.patches import dynamic_length_patches, fold_batch_norm
+
+    module = next(m for m in tiny_model.modules() if type(m).__name__ == "GraniteSpeechConformerConvModule")
+    x = torch.randn(
+        2, 37, tiny_model.config.encoder_config.hidden_dim, generator=torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        want = module(x)
+        with dynamic_length_patches(tiny_model):
+            got = module(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    weight, bias = fold_batch_norm(module.depth_conv.conv, module.batch_norm)
+    norm = module.batch_norm
+    scale = norm.weight.double() / torch.sqrt(norm.running_var.double() + norm.eps)
+    expected = (module.depth_conv.conv.weight.double() * scale[:, None, None]).float()
+    assert torch.equal(weight, expected) and weight.dtype == bias.dtype == torch.float32
 
 
 def _prompt(dims: ModelDims, batch: int, audio_tokens: int, seed: int) -> np.ndarray:
