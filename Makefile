@@ -81,8 +81,8 @@ expected: setup
 # against expected/$(MODEL).json: Debian's qemu-user runs this machine's own onnxruntime and torch, which
 # then pick their AVX2 kernels, so a VNNI machine checks what an AVX2 one computes (about 17x slower: 3 min for
 # the tiny model). Needs qemu-x86_64 (`apt-get install qemu-user`); writes out/$(MODEL)-avx2.
-EMULATED_CLI = env ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=1 \
-	qemu-x86_64 -cpu Haswell,-pcid,-x2apic,-tsc-deadline,-hle,-invpcid,-rtm $(PY) $(CLI)
+# Each command runs through granite_onnx.runtime.emulated_cli, which retries one that qemu-user itself crashed.
+EMULATED_CLI = $(PY) -m granite_onnx.runtime.emulated_cli
 emulated-avx2: setup
 	@command -v qemu-x86_64 >/dev/null || { echo "error: qemu-x86_64 is missing: apt-get install qemu-user" >&2; exit 2; }
 	$(MAKE) all expected BUNDLE=out/$(MODEL)-avx2 CLI="$(EMULATED_CLI)"
