@@ -29,7 +29,7 @@ PARITY_CLIPS ?= clips
 CLIP ?= clips/jfk.flac
 endif
 
-.PHONY: all setup export quantise verify parity metadata transcribe bundle publish regenerate expected test lint bench bench-runtime bench-export-full bench-quantise-full bench-tiers bench-profile bench-int8 emulated-avx2 fixture-train sensitivity clean
+.PHONY: all setup node-setup node-check export quantise verify parity metadata transcribe bundle publish regenerate expected test lint bench bench-runtime bench-export-full bench-quantise-full bench-tiers bench-profile bench-int8 emulated-avx2 fixture-train sensitivity clean
 
 all: export quantise parity metadata transcribe
 
@@ -88,7 +88,21 @@ emulated-avx2: setup
 	$(MAKE) all expected BUNDLE=out/$(MODEL)-avx2 CLI="$(EMULATED_CLI)"
 
 test: setup
+	@$(MAKE) --no-print-directory node-setup || echo "WARNING: npm ci failed: the Node transcriber tests will be SKIPPED LOUDLY"
 	$(PY) -m pytest -q
+
+# The reference Node.js transcriber (examples/node): onnxruntime-node's CPU binaries ship inside its npm
+# package; --ignore-scripts skips its install script, which only fetches GPU extras (and fails offline).
+NODE_DIR := examples/node
+node-setup: $(NODE_DIR)/node_modules/.installed
+$(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund --prefix $(NODE_DIR)
+	touch $@
+
+# The Node transcriber beside the Python runtime on every tier of $(BUNDLE) and every parity clip: the same
+# prompt ids, token ids and text, token for token, or exit 1 (after `make all`; CI runs it for both models).
+node-check: setup node-setup
+	$(CLI) node-check --bundle $(BUNDLE) $(addprefix --clips ,$(PARITY_CLIPS)) --json $(BUNDLE)-node.json
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -112,24 +112,46 @@ def _source(model_dir: Path | None, model: str | None, revision: str | None):
     "--out-dir", required=True, type=click.Path(path_type=Path), help="Bundle folder to (re)create."
 )
 @click.option("--graph", "graphs", multiple=True, help="Export only these graphs (repeatable).")
-@click.option("--no-check", is_flag=True, help="Skip the onnxruntime-vs-PyTorch gate on each graph.")
+@click.option(
+    "--no-check", is_flag=True, help="Skip the gates (onnxruntime vs PyTorch, frontend.onnx vs numpy)."
+)
+@click.option(
+    "--clips",
+    "clips_dir",
+    type=click.Path(path_type=Path),
+    default=Path("clips"),
+    show_default=True,
+    help="Audio clips frontend.onnx is checked on (absent: synthetic signals only, with a warning).",
+)
 @click.option("--force", is_flag=True, help="Export again even when the bundle is up to date.")
 @_layout_option("prompt_encode and decode_step")
-def export(model_dir, model, revision, out_dir, graphs, no_check, force, layout) -> None:
-    """Export encoder, prompt_encode and decode_step (FP32) plus the processor files."""
+def export(model_dir, model, revision, out_dir, graphs, no_check, clips_dir, force, layout) -> None:
+    """Export frontend, encoder, prompt_encode and decode_step (FP32) plus the processor files."""
     _require_export_extra()
     from .export.stage import ExportOptions, export_bundle
-    from .specs import GRAPH_NAMES
+    from .specs import BUNDLE_GRAPHS
 
     source = _source(model_dir, model, revision)
-    options = ExportOptions(graphs=tuple(graphs) or GRAPH_NAMES, check=not no_check, layout=layout)
+    options = ExportOptions(
+        graphs=tuple(graphs) or BUNDLE_GRAPHS,
+        check=not no_check,
+        layout=layout,
+        frontend_clips=str(clips_dir),
+    )
     result = export_bundle(source, out_dir, options, progress=_progress, force=force)
     if result.skipped:
         _up_to_date(str(out_dir), "checkpoint bytes, options and toolchain")
         return
     for g in result.graphs:
         err = ", ".join(f"{k} {v:.2e}" for k, v in g.max_abs_error.items()) or "not checked"
-        click.echo(f"{g.file:24s} {g.nodes:6d} nodes  {g.seconds:7.1f} s  max |onnx-torch|: {err}")
+        click.echo(f"{g.file:24s} {g.nodes:6d} nodes  {g.seconds:7.1f} s  max abs error vs: {err}")
+    if result.frontend:
+        cases = result.frontend["cases"]
+        click.echo(
+            f"frontend.onnx vs the numpy front-end: worst {result.frontend['worst']:.2e} over "
+            f"{len(cases)} inputs"
+            f" (gate {result.frontend['tolerance']:g}; computed in {result.frontend['compute']})"
+        )
     if result.shared_layout:
         shared = result.shared_layout
         click.echo(
@@ -214,14 +236,21 @@ def quantise(bundle, tiers, exclude, clips_dir, calibration, threads, force, lay
 @click.option("--max-new-tokens", default=200, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--threads", default=None, type=click.IntRange(1, 256), help="onnxruntime intra-op threads.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file instead of text.")
+@click.option(
+    "--frontend",
+    type=click.Choice(["numpy", "onnx"]),
+    default="numpy",
+    show_default=True,
+    help="Features by the numpy recipe, or by the bundle's frontend.onnx (what other runtimes run).",
+)
 @click.argument("audio", nargs=-1, required=True, type=click.Path(path_type=Path))
-def transcribe(bundle, tier, max_new_tokens, threads, as_json, audio) -> None:
+def transcribe(bundle, tier, max_new_tokens, threads, as_json, frontend, audio) -> None:
     """Transcribe AUDIO files (wav/flac, any rate, stereo downmixed) with onnxruntime alone."""
     from .runtime.cpu import current_cpu
     from .runtime.pipeline import SpeechPipeline
     from .runtime.saturation import saturation_warning
 
-    pipeline = SpeechPipeline(bundle, tier=tier, threads=threads)
+    pipeline = SpeechPipeline(bundle, tier=tier, threads=threads, frontend=frontend)
     warning = saturation_warning(bundle, tier, current_cpu().saturating_u8s8)
     if warning:
         click.echo(f"warning: {warning}", err=True)
@@ -450,6 +479,42 @@ def expect(bundle: Path, expected: Path, update: bool) -> None:
         click.echo(f"{bundle} differs from {expected} in {len(diff)} place(s)", err=True)
         sys.exit(1)
     click.echo(f"{bundle} matches {expected}: {len(actual['sha256'])} artefacts, parity results identical")
+
+
+@cli.command("node-check")
+@click.option("--bundle", required=True, type=click.Path(path_type=Path), help="Bundle after metadata.")
+@click.option(
+    "--clips",
+    "clips_dirs",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    default=(Path("clips"),),
+    show_default=True,
+    help="Folder of clips (repeatable).",
+)
+@click.option("--tier", "tiers", multiple=True, help="Only these tiers (fp32 for FP32; default: every tier).")
+@click.option("--max-new-tokens", default=200, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the runs as JSON.")
+def node_check(bundle, clips_dirs, tiers, max_new_tokens, json_path) -> None:
+    """Run examples/node/transcribe.mjs beside the Python runtime; exit 1 unless every run agrees token for
+    token (prompt ids, token ids and text)."""
+    from .parity.clips import load_clip_sets
+    from .parity.node import compare
+    from .staging import write_text_atomic
+
+    chosen = [None if t == "fp32" else t for t in tiers] or None
+    result = compare(bundle, load_clip_sets(list(clips_dirs)), chosen, max_new_tokens, progress=click.echo)
+    if json_path:
+        write_text_atomic(json_path, json.dumps(result.to_json(), indent=2) + "\n")
+    agreeing = sum(r.agrees for r in result.runs)
+    tiers_seen = sorted({r.tier for r in result.runs})
+    click.echo(
+        f"node {result.node} vs Python on {bundle}: {agreeing} of {len(result.runs)} runs agree token for "
+        "token "
+        f"({len(tiers_seen)} tiers: {', '.join(tiers_seen)})"
+    )
+    if not result.agrees:
+        sys.exit(1)
 
 
 def _terminate(signum, frame) -> None:

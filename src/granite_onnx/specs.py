@@ -20,7 +20,10 @@ from .userfiles import json_kind
 ENCODER = "encoder"
 PROMPT_ENCODE = "prompt_encode"
 DECODE_STEP = "decode_step"
-GRAPH_NAMES = (ENCODER, PROMPT_ENCODE, DECODE_STEP)
+GRAPH_NAMES = (ENCODER, PROMPT_ENCODE, DECODE_STEP)  # the model's graphs: every tier has its own
+# The log-mel front-end (waveform -> input_features): float32 DSP, one file shared by every tier.
+FRONTEND = "frontend"
+BUNDLE_GRAPHS = (FRONTEND, *GRAPH_NAMES)  # pipeline order
 
 OPSET = 20
 IR_VERSION = 10

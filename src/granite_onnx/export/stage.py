@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audit import check_kv_agreement
+from ..audit import audit_file, check_kv_agreement
 from ..checkpoint import (
     BUNDLE_CHECKPOINT_FILES,
     CheckpointSource,
@@ -25,14 +25,16 @@ from ..checkpoint import (
     validate_checkpoint,
 )
 from ..errors import GraniteOnnxError
-from ..identity import make_export_id
+from ..identity import make_export_id, set_export_id
 from ..layout import check_layout, share_llm_weights
-from ..runtime.bundle import graph_file
+from ..runtime.bundle import bundle_features, graph_file
+from ..runtime.features import FeatureConfig
 from ..runtime.sessions import open_session
-from ..sidecar import sidecar_name
+from ..sidecar import sidecar_name, write_with_sidecar
 from ..specs import (
+    BUNDLE_GRAPHS,
     DECODE_STEP,
-    GRAPH_NAMES,
+    FRONTEND,
     IR_VERSION,
     OPSET,
     PROMPT_ENCODE,
@@ -45,6 +47,8 @@ from ..staging import check_output_dir, staged_dir
 from ..stamps import Stamp, digests, folder_files, stored_report, write_stamp
 from ..toolchain import peak_rss_mib, versions
 from ..verify import verify_bundle
+from .frontend import build_frontend
+from .frontend_check import check_frontend
 from .trace import reference_outputs, trace_graph
 from .writer import finalise
 
@@ -76,7 +80,7 @@ CHECK_SIZES = {"batch": 2, "frames": 200, "past": 23}
 
 @dataclass(frozen=True)
 class ExportOptions:
-    graphs: tuple[str, ...] = GRAPH_NAMES
+    graphs: tuple[str, ...] = BUNDLE_GRAPHS
     check: bool = True
     rtol: float = 1e-4  # max |onnx - torch| <= rtol * (1 + max |torch|): float32 reassociation only
     length_patches: bool = True  # False only to reproduce the traced-length bug in tests
@@ -84,6 +88,10 @@ class ExportOptions:
     # point the weights they have in common (the whole LLM) into one llm.shared.onnx_data, so the FP32
     # bundle holds the LLM once on disk, and a runtime that maps its weights holds it once in memory.
     layout: str = "per-graph"
+    # The front-end graph's gate runs on every clip of this folder (and on synthetic signals); a folder
+    # that is not there leaves the synthetic signals only, said in the report and in the progress lines.
+    frontend_clips: str | None = "clips"
+    frontend_compute: str = "float64"  # between its float32 input and output (see export/frontend.py)
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,7 @@ class ExportResult:
     exporter: dict = field(default_factory=lambda: dict(EXPORTER))
     export_id: str | None = None
     shared_layout: dict | None = None  # sidecar.SharedLayout of the shared layout, else None
+    frontend: dict | None = None  # export.frontend_check.FrontendCheck of frontend.onnx, when checked
     skipped: bool = field(default=False, compare=False)  # up to date: nothing was re-exported
 
     def to_json(self) -> dict:
@@ -179,6 +188,36 @@ def export_graph(
     )
 
 
+def export_frontend(
+    cfg: FeatureConfig, out_dir: Path, options: ExportOptions, export_id: str | None = None
+) -> tuple[GraphReport, dict | None]:
+    """Build frontend.onnx from the feature-extractor settings, write it with its sidecar, audit it and
+    gate it against the numpy front-end (see :mod:`.frontend_check`)."""
+    start = time.perf_counter()
+    model = build_frontend(cfg, options.frontend_compute)
+    if export_id is not None:
+        set_export_id(model, export_id)
+    out_path = out_dir / graph_file(FRONTEND)
+    write_with_sidecar(model, out_dir, out_path)
+    audit = audit_file(out_path)
+    if not audit.ok:
+        raise ExportCheckError(f"{out_path.name} breaks the graph contract: {'; '.join(audit.problems)}")
+    check = None
+    if options.check:
+        clips = Path(options.frontend_clips) if options.frontend_clips else None
+        check = check_frontend(out_path, cfg, clips, compute=options.frontend_compute).to_json()
+    report = GraphReport(
+        name=FRONTEND,
+        file=out_path.name,
+        sidecar=sidecar_name(out_path.name),
+        seconds=round(time.perf_counter() - start, 3),
+        nodes=len(model.graph.node),
+        duplicates_removed=0,
+        max_abs_error={"numpy front-end": check["worst"]} if check else {},
+    )
+    return report, check
+
+
 def source_json(source: CheckpointSource) -> dict:
     return {
         "path": str(source.path),
@@ -213,9 +252,9 @@ def export_bundle(
     """
     say = progress or (lambda _msg: None)
     start = time.perf_counter()
-    unknown = set(options.graphs) - set(GRAPH_NAMES)
+    unknown = set(options.graphs) - set(BUNDLE_GRAPHS)
     if unknown:
-        raise GraniteOnnxError(f"unknown graph(s) {sorted(unknown)}; choose from {', '.join(GRAPH_NAMES)}")
+        raise GraniteOnnxError(f"unknown graph(s) {sorted(unknown)}; choose from {', '.join(BUNDLE_GRAPHS)}")
     check_layout(options.layout)
     validate_checkpoint(source.path)  # user mistakes fail here, before any work or output
     check_output_dir(Path(out_dir))
@@ -231,8 +270,15 @@ def export_bundle(
     dims = ModelDims.from_config(model.config.to_dict())
     specs = graph_specs(dims)
     with staged_dir(Path(out_dir)) as stage:
-        reports = []
-        for name in options.graphs:
+        reports, frontend = [], None
+        if FRONTEND in options.graphs:
+            checking = " and checking it against the numpy front-end" if options.check else ""
+            say(f"building frontend.onnx{checking}")
+            report, frontend = export_frontend(bundle_features(source.path), stage, options, export_id)
+            if frontend and frontend["clips_note"]:
+                say(f"WARNING: frontend.onnx: {frontend['clips_note']}")
+            reports.append(report)
+        for name in (g for g in options.graphs if g != FRONTEND):
             say(f"exporting {name}" + (" and checking it against PyTorch" if options.check else ""))
             reports.append(export_graph(model, specs[name], dims, stage, options, export_id))
         if {PROMPT_ENCODE, DECODE_STEP} <= set(options.graphs):  # each file was audited by finalise
@@ -258,6 +304,7 @@ def export_bundle(
             export_id=export_id,
             exporter=exporter_json(options.layout),
             shared_layout=shared,
+            frontend=frontend,
         )
         (stage / REPORT_FILE).write_text(json.dumps(result.to_json(), indent=2) + "\n")
         write_stamp(stage, stamp.with_outputs(stage, folder_files(stage)))

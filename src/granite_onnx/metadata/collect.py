@@ -25,9 +25,11 @@ from ..checkpoint import TRAINED_DIR, TRAINED_MODEL
 from ..errors import BundleError
 from ..parity.report import FP32
 from ..parity.report import REPORT_FILE as PARITY_REPORT
+from ..runtime.bundle import REEXPORT, bundle_features, eos_ids, graph_file
+from ..runtime.features import min_audio_samples
 from ..runtime.prompt import DEFAULT_INSTRUCTION, PromptBuilder
 from ..sidecar import graph_tensors
-from ..specs import GRAPH_NAMES
+from ..specs import BUNDLE_GRAPHS, FRONTEND, ModelDims
 from ..userfiles import is_dir, is_file, json_kind, read_json_object
 
 SCHEMA_VERSION = 1
@@ -80,8 +82,9 @@ def _field(report: dict, key: str, path: Path, kind: type | None = None):
 
 
 def graph_identity(stem: str) -> tuple[str, str | None]:
-    """``encoder`` -> (encoder, fp32), ``encoder_int8`` -> (encoder, int8), anything else -> (stem, None)."""
-    for name in GRAPH_NAMES:
+    """``encoder`` -> (encoder, fp32), ``encoder_int8`` -> (encoder, int8), anything else -> (stem, None).
+    ``frontend`` -> (frontend, fp32): one float32 file that every tier runs."""
+    for name in BUNDLE_GRAPHS:
         if stem == name:
             return name, FP32
         if stem.startswith(f"{name}_"):
@@ -202,8 +205,8 @@ def describe_graph(path: Path) -> dict:
 
 
 def describe_graphs(bundle: Path) -> dict[str, dict]:
-    """Every ``*.onnx`` of the bundle keyed by file stem; the three FP32 graphs must be there."""
-    missing = [f"{name}.onnx" for name in GRAPH_NAMES if not (bundle / f"{name}.onnx").is_file()]
+    """Every ``*.onnx`` of the bundle keyed by file stem; the four FP32 graphs must be there."""
+    missing = [f"{name}.onnx" for name in BUNDLE_GRAPHS if not (bundle / f"{name}.onnx").is_file()]
     if missing:
         raise BundleError(
             f"{bundle} lacks {', '.join(missing)}: run `granite-onnx export` (all graphs) again"
@@ -213,9 +216,10 @@ def describe_graphs(bundle: Path) -> dict[str, dict]:
 
 
 def graph_order(graph: dict) -> tuple:
-    """FP32 first, then tiers by name; within a tier, pipeline order (encoder, prompt_encode, decode_step)."""
+    """FP32 first, then tiers by name; within a tier, pipeline order (frontend, encoder, prompt_encode,
+    decode_step)."""
     name, tier = graph["graph"], graph["tier"]
-    position = GRAPH_NAMES.index(name) if name in GRAPH_NAMES else len(GRAPH_NAMES)
+    position = BUNDLE_GRAPHS.index(name) if name in BUNDLE_GRAPHS else len(BUNDLE_GRAPHS)
     return (tier != FP32, tier or "", position, graph["file"])
 
 
@@ -332,21 +336,55 @@ def token_ids(config: dict, generation: dict | None) -> dict:
     }
 
 
-def describe_prompt(bundle: Path) -> dict:
-    """The instruction and the chat text the runtime builds from it (one audio placeholder)."""
+def describe_prompt(bundle: Path, config: dict) -> dict:
+    """The instruction, the chat text the runtime builds from it (one audio placeholder), and the same
+    prompt as ids: ``prefix_ids + [audio_token_id] * n + suffix_ids`` for ``n`` audio embeddings, so a
+    consumer needs no template engine and no tokenizer encoder, only its decode. ``max_audio_tokens`` is
+    the most ``n`` the positions allow with nothing generated."""
     builder = PromptBuilder(bundle)
     try:
         text = builder.render(DEFAULT_INSTRUCTION)
     except jinja2.TemplateError as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         raise BundleError(f"the chat template of {bundle} does not render ({first}): export again") from exc
-    return {"instruction": DEFAULT_INSTRUCTION, "audio_placeholder": builder.audio_placeholder, "text": text}
+    try:
+        max_positions = ModelDims.from_config(config).max_positions  # checks text_config for eos_ids
+    except ValueError as exc:
+        raise BundleError(f"{bundle / 'config.json'}: {exc}: {REEXPORT}") from exc
+    parts = builder.parts(DEFAULT_INSTRUCTION)
+    return {
+        "instruction": DEFAULT_INSTRUCTION,
+        "audio_placeholder": builder.audio_placeholder,
+        "text": text,
+        "prefix_ids": list(parts.prefix_ids),
+        "audio_token_id": parts.audio_token_id,
+        "suffix_ids": list(parts.suffix_ids),
+        "eos_token_ids": list(eos_ids(bundle, config)),
+        "max_positions": max_positions,
+        "max_audio_tokens": parts.max_audio_tokens(max_positions),
+    }
+
+
+def describe_audio(bundle: Path) -> dict:
+    """What a consumer feeds ``frontend.onnx``: the rate, the fewest samples, how PCM becomes floats."""
+    cfg = bundle_features(bundle)
+    return {
+        "frontend": graph_file(FRONTEND),
+        "sampling_rate": cfg.sampling_rate,
+        "min_samples": min_audio_samples(cfg),
+        "channels": "mono: average the channels first",
+        "pcm16_scale": 32768,
+        "hop_length": cfg.hop_length,
+        "n_mels": cfg.n_mels,
+        "feature_dim": 2 * cfg.n_mels,
+    }
 
 
 def export_checks(report: dict) -> dict:
     """The export stage's own measurements: per-graph onnxruntime-vs-PyTorch error, time, memory."""
     return {
         "graphs": report.get("graphs", []),
+        "frontend": report.get("frontend"),
         "copied_files": report.get("copied_files", []),
         "seconds": report.get("seconds"),
         "peak_rss_mib": report.get("peak_rss_mib"),
@@ -384,7 +422,8 @@ def collect_metadata(bundle: Path) -> dict:
         "graphs": describe_graphs(bundle),
         "files": describe_files(bundle, export.get("copied_files", [])),
         "token_ids": token_ids(config, generation),
-        "prompt": describe_prompt(bundle),
+        "prompt": describe_prompt(bundle, config),
+        "audio": describe_audio(bundle),
         "export": export_checks(export),
         "quantisation": read_quantisation(bundle),
         "parity": parity,

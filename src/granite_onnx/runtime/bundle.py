@@ -50,6 +50,13 @@ def resolve_graphs(folder: Path, tier: str | None) -> tuple[dict[str, Path], lis
     return paths, missing
 
 
+def bundle_features(folder: Path, fix: str = REEXPORT) -> FeatureConfig:
+    """The feature-extractor settings of a bundle or checkpoint folder: its ``preprocessor_config.json``,
+    or the extractor's defaults when it has none (as ``from_pretrained`` would build it)."""
+    pre = Path(folder) / "preprocessor_config.json"
+    return FeatureConfig.from_file(pre, fix) if pre.is_file() else FeatureConfig()
+
+
 @dataclass(frozen=True)
 class Bundle:
     """A bundle folder: graphs, ``config.json`` (dims, token ids) and processor files."""
@@ -83,10 +90,9 @@ class Bundle:
             dims = ModelDims.from_config(config)
         except ValueError as exc:
             raise BundleError(f"{config_path}: {one_line(exc)}: {REEXPORT}") from exc
-        pre = folder / "preprocessor_config.json"
-        features = FeatureConfig.from_file(pre, REEXPORT) if pre.is_file() else FeatureConfig()
+        features = bundle_features(folder)
         check_same_export(graphs)  # a graph copied in from another bundle is refused before it runs
-        return cls(folder, dims, features, _eos_ids(folder, config), tier, graphs)
+        return cls(folder, dims, features, eos_ids(folder, config), tier, graphs)
 
     @property
     def specs(self) -> dict[str, GraphSpec]:
@@ -97,8 +103,9 @@ class Bundle:
         return (self.graphs or {}).get(name) or self.folder / graph_file(name, self.tier)
 
 
-def _eos_ids(folder: Path, config: dict) -> tuple[int, ...]:
-    """End-of-sequence ids, from generation_config.json where present (what ``generate`` uses).
+def eos_ids(folder: Path, config: dict) -> tuple[int, ...]:
+    """End-of-sequence ids, from generation_config.json where present (what ``generate`` uses), else from
+    config.json's ``text_config``.
 
     An id that is not an integer would never equal a generated token, so decoding would silently run
     to the token budget every time: it is refused here, naming the file it came from.

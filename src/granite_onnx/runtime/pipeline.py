@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AudioError, BundleError
-from ..specs import DECODE_STEP, ENCODER, PROMPT_ENCODE, past_name
+from ..specs import DECODE_STEP, ENCODER, FRONTEND, PROMPT_ENCODE, past_name
 from .audio import load_audio
-from .bundle import Bundle
+from .bundle import Bundle, graph_file
 from .features import audio_token_count, log_mel, min_audio_samples
+from .frontend import FRONTENDS, OnnxFrontend
 from .prompt import DEFAULT_INSTRUCTION, PromptBuilder
 from .sessions import SharedWeights, open_session
 
@@ -73,14 +74,28 @@ class SpeechPipeline:
         weight_only: str = "default",
         share_weights: bool = True,
         graphs: Sequence[str] | None = None,
+        frontend: str = "numpy",
     ):
         """``prepack=False`` keeps weights memory-mapped (no per-session copy): for tools that hold a
         pipeline beside other large work, such as calibration before quantising a 2B model.
         ``weight_only``: how onnxruntime computes the int8w tier (see sessions.WEIGHT_ONLY_ACCURACY).
         ``share_weights``: in the shared layout, hold the weights of ``*.shared.onnx_data`` once for all
         sessions (:class:`SharedWeights`); no effect on a bundle with one sidecar per graph.
-        ``graphs``: open only these sessions (a tool that runs one graph at a time holds one in memory)."""
+        ``graphs``: open only these sessions (a tool that runs one graph at a time holds one in memory).
+        ``frontend``: "numpy" computes the features with :mod:`.features`, "onnx" runs the bundle's
+        ``frontend.onnx`` (what a consumer outside Python runs); both give the same features."""
+        if frontend not in FRONTENDS:
+            raise BundleError(f"unknown front-end {frontend!r}; choose from {', '.join(FRONTENDS)}")
         self.bundle = Bundle.open(folder, tier)
+        self.frontend = None
+        if frontend == "onnx":
+            path = self.bundle.folder / graph_file(FRONTEND)
+            if not path.is_file():
+                raise BundleError(
+                    f"{path} is missing: the bundle predates the front-end graph, export it again "
+                    "(or use --frontend numpy)"
+                )
+            self.frontend = OnnxFrontend(path, self.bundle.features, threads)
         self.prompts = PromptBuilder(self.bundle.folder)
         specs = self.bundle.specs
         self.specs = specs
@@ -95,6 +110,15 @@ class SpeechPipeline:
             )
 
     # --- one call per graph -------------------------------------------------------------
+    def features(self, audio: np.ndarray) -> tuple[np.ndarray, int]:
+        """[1, frames, 160] stacked log-mel of one utterance and its audio token count, by this
+        pipeline's front-end (numpy, or the bundle's frontend.onnx)."""
+        if self.frontend is None:
+            cfg = self.bundle.features
+            return log_mel(audio, cfg)[None], audio_token_count(len(audio), cfg)
+        features, counts = self.frontend([np.asarray(audio, np.float32)])
+        return features, int(counts[0])
+
     def audio_embeds(self, features: np.ndarray) -> np.ndarray:
         """[batch, frames, 160] stacked log-mel -> [batch, audio_tokens, hidden]."""
         return self.sessions[ENCODER].run(None, {"input_features": features.astype(np.float32)})[0]
@@ -161,7 +185,13 @@ class SpeechPipeline:
         expected = audio_token_count(len(audio), self.bundle.features)
         input_ids = self.prompt_ids(expected, instruction)
         self.check_length(input_ids.shape[1], max_new_tokens)  # before any graph runs
-        embeds = self.audio_embeds(log_mel(audio, self.bundle.features)[None])
+        features, counted = self.features(audio)
+        if counted != expected:
+            raise BundleError(
+                f"{self.bundle.folder / graph_file(FRONTEND)} counts {counted} audio tokens where the "
+                f"feature extractor gives {expected}: the front-end graph is wrong, export it again"
+            )
+        embeds = self.audio_embeds(features)
         if embeds.shape[1] != expected:
             raise BundleError(
                 f"{self.bundle.path(ENCODER)} returned {embeds.shape[1]} audio embeddings where the feature "

@@ -41,6 +41,26 @@ def _template_env() -> ImmutableSandboxedEnvironment:
 
 
 @dataclass(frozen=True)
+class PromptParts:
+    """The prompt as three id lists: ``prefix + [audio_token_id] * n + suffix`` is the rendered chat
+    prompt for ``n`` audio embeddings. A consumer outside Python builds it without a template engine or
+    a tokenizer's encoder (the metadata records these ids; ``tests/test_prompt_parts.py`` proves the
+    equality with the chat template's rendering for every ``n`` the positions allow)."""
+
+    instruction: str
+    prefix_ids: tuple[int, ...]
+    audio_token_id: int
+    suffix_ids: tuple[int, ...]
+
+    def ids(self, audio_tokens: int) -> list[int]:
+        return [*self.prefix_ids, *[self.audio_token_id] * audio_tokens, *self.suffix_ids]
+
+    def max_audio_tokens(self, max_positions: int, max_new_tokens: int = 0) -> int:
+        """The most audio embeddings a prompt holds with ``max_new_tokens`` still to generate."""
+        return max(0, max_positions - len(self.prefix_ids) - len(self.suffix_ids) - max_new_tokens)
+
+
+@dataclass(frozen=True)
 class PromptBuilder:
     """Chat template + tokenizer of a bundle (or checkpoint) folder."""
 
@@ -115,6 +135,23 @@ class PromptBuilder:
             )
         text = text.replace(self.audio_placeholder, self.audio_placeholder * audio_tokens)
         return self.tokenizer.encode(text).ids
+
+    def parts(self, instruction: str = DEFAULT_INSTRUCTION) -> PromptParts:
+        """Split the one-placeholder prompt's ids at the placeholder (see :class:`PromptParts`)."""
+        audio_id = self.tokenizer.token_to_id(self.audio_placeholder)
+        if audio_id is None:
+            raise BundleError(
+                f"{self.folder / 'tokenizer.json'} has no token {self.audio_placeholder}: {_COPIED}"
+            )
+        ids = self.input_ids(1, instruction)
+        where = [i for i, t in enumerate(ids) if t == audio_id]
+        if len(where) != 1:
+            raise BundleError(
+                f"the prompt of {self.folder} tokenizes to {len(where)} {self.audio_placeholder} ids, "
+                f"not one: {_COPIED}"
+            )
+        at = where[0]
+        return PromptParts(instruction, tuple(ids[:at]), audio_id, tuple(ids[at + 1 :]))
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()

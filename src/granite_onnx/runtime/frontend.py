@@ -1,0 +1,53 @@
+"""Run a bundle's ``frontend.onnx``: waveforms -> the encoder's features and each utterance's token count.
+
+The graph itself cannot refuse a too-short waveform with a message (ONNX has no assertion op: its
+reflect ``Pad`` fails deep in onnxruntime), so the length is checked here first, as the numpy front-end
+checks it, with the same one-line :class:`AudioError`. Torch-free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import AudioError
+from .features import FeatureConfig, min_audio_samples
+from .sessions import open_session
+
+FRONTENDS = ("numpy", "onnx")  # transcribe --frontend
+
+
+def pad_batch(waves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``waveform`` [batch, longest] zero-padded and ``num_samples`` [batch], the graph's two inputs."""
+    if not waves:
+        raise ValueError("the front-end needs at least one waveform")
+    longest = max(len(w) for w in waves)
+    batch = np.zeros((len(waves), longest), np.float32)
+    for i, w in enumerate(waves):
+        batch[i, : len(w)] = w
+    return batch, np.asarray([len(w) for w in waves], np.int64)
+
+
+class OnnxFrontend:
+    """One session over ``frontend.onnx``."""
+
+    def __init__(self, path: Path, cfg: FeatureConfig, threads: int | None = None):
+        self.path = Path(path)
+        self.cfg = cfg
+        self.session = open_session(self.path, threads, opt_level="all")
+
+    def __call__(self, waves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """``input_features`` [batch, frames, 2 * n_mels] and ``audio_token_count`` [batch] of ``waves``
+        (1-D float waveforms at the bundle's rate; a batch shares the longest one's frame count)."""
+        shortest = min(len(w) for w in waves)
+        need = min_audio_samples(self.cfg)
+        if shortest < need:
+            raise AudioError(
+                f"audio is {shortest} samples long; the feature extractor needs at least {need} "
+                f"({1000 * need / self.cfg.sampling_rate:.0f} ms at {self.cfg.sampling_rate} Hz)"
+            )
+        waveform, num_samples = pad_batch(waves)
+        features, counts = self.session.run(None, {"waveform": waveform, "num_samples": num_samples})
+        return features, counts
