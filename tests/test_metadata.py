@@ -35,6 +35,7 @@ from granite_onnx.specs import GRAPH_NAMES, ModelDims, graph_specs
 
 TOP_LEVEL = {
     "schema_version",
+    "audio",
     "source_model",
     "toolchain",
     "graphs",

@@ -35,7 +35,8 @@ def assembled(measured, tmp_path_factory):
 
 def test_assembled_file_list_follows_the_contract(assembled):
     files = sorted(p.relative_to(assembled).as_posix() for p in assembled.rglob("*") if p.is_file())
-    graphs = [f"{g}{s}" for g in ("decode_step", "encoder", "prompt_encode") for s in (".onnx", ".onnx_data")]
+    names = ("decode_step", "encoder", "frontend", "prompt_encode")
+    graphs = [f"{g}{s}" for g in names for s in (".onnx", ".onnx_data")]
     expected = {
         *graphs,
         "tokenizer.json",
@@ -77,7 +78,7 @@ def test_verify_passes_on_the_assembled_bundle(assembled):
     result = run("verify", "--bundle", str(assembled))
     assert result.exit_code == 0, result.output
     assert "PASS  SHA256SUMS" in result.output
-    assert result.output.count("onnxruntime load") == 3
+    assert result.output.count("onnxruntime load") == 4  # frontend, encoder, prompt_encode, decode_step
 
 
 def test_verify_flags_a_foreign_domain_node_and_a_second_sidecar(measured, tmp_path):

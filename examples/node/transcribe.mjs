@@ -1,5 +1,6 @@
 // Reference transcriber for a granite-onnx bundle: onnxruntime-node (CPU) and tokenizer.json, no Python.
 // usage: node examples/node/transcribe.mjs BUNDLE AUDIO.wav [MORE.wav ...] [--tier T] [--max-new-tokens N]
+//        [--features-dir DIR]  (also writes each file's input_features there as raw float32, for checking)
 // Runs frontend -> encoder -> prompt_encode -> decode_step (greedy). Prints one JSON object per file, so the
 // last line is {"text", "token_ids", "prompt_ids", "audio_token_count", "tier", ...}. Errors: one line, exit 2.
 import fs from "node:fs";
@@ -15,10 +16,11 @@ function fail(message) {
 }
 
 function parseArgs(argv) {
-  const opts = { tier: null, maxNewTokens: 200, positional: [] };
+  const opts = { tier: null, maxNewTokens: 200, featuresDir: null, positional: [] };
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === "--tier") opts.tier = argv[++i] ?? fail("--tier needs a value");
     else if (argv[i] === "--max-new-tokens") opts.maxNewTokens = Number(argv[++i]);
+    else if (argv[i] === "--features-dir") opts.featuresDir = argv[++i] ?? fail("--features-dir needs a value");
     else opts.positional.push(argv[i]);
   }
   if (opts.positional.length < 2) fail("usage: transcribe.mjs BUNDLE AUDIO.wav [MORE.wav ...] [--tier T] [--max-new-tokens N]");
@@ -89,6 +91,12 @@ async function transcribe(audioFile, sessions, meta, tokenizer, opts) {
     num_samples: new ort.Tensor("int64", BigInt64Array.from([BigInt(samples.length)]), [1]),
   });
   const audioTokens = Number(fe.audio_token_count.data[0]);
+  let featuresFile = null;
+  if (opts.featuresDir) {
+    featuresFile = path.join(opts.featuresDir, `${path.basename(audioFile, path.extname(audioFile))}.f32`);
+    const f = fe.input_features.data;
+    fs.writeFileSync(featuresFile, Buffer.from(f.buffer, f.byteOffset, f.byteLength));
+  }
   const { audio_embeds } = await encoder.run({ input_features: fe.input_features });
   if (audio_embeds.dims[1] !== audioTokens) fail(`the encoder gave ${audio_embeds.dims[1]} embeddings, the front-end counts ${audioTokens}`);
 
@@ -118,7 +126,7 @@ async function transcribe(audioFile, sessions, meta, tokenizer, opts) {
   // As the Python runtime decodes (tokenizers' decode, no clean-up of spaces), then trimmed.
   const text = tokenizer.decode(tokens, { skip_special_tokens: true, clean_up_tokenization_spaces: false }).trim();
   return {
-    file: audioFile, text, token_ids: tokens, prompt_ids: promptIds, audio_token_count: audioTokens,
+    file: audioFile, features_file: featuresFile, features_shape: fe.input_features.dims, text, token_ids: tokens, prompt_ids: promptIds, audio_token_count: audioTokens,
     tier: opts.tier ?? "fp32", stopped_on_eos: stoppedOnEos, audio_seconds: samples.length / audio.sampling_rate,
     seconds: (performance.now() - start) / 1000, onnxruntime: ort.env.versions?.common ?? null,
   };

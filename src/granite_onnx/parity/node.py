@@ -18,12 +18,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 
 from ..errors import GraniteOnnxError
 from ..runtime.audio import load_audio
 from ..runtime.bundle import available_tiers, bundle_features
-from ..runtime.features import audio_token_count, min_audio_samples
+from ..runtime.features import audio_token_count, log_mel, min_audio_samples
 from ..runtime.pipeline import SpeechPipeline
 from ..userfiles import one_line
 from .clips import Clip
@@ -31,6 +32,9 @@ from .clips import Clip
 NODE_DIR = Path(__file__).resolve().parents[3] / "examples" / "node"
 SCRIPT = "transcribe.mjs"
 INSTALL = "npm ci --ignore-scripts --prefix examples/node"
+# The export gate of frontend.onnx. Tokens alone can miss a wrong PCM decode (a random-weight model may
+# emit the same tokens), so the features Node fed its encoder are compared too.
+FEATURE_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -46,12 +50,14 @@ class NodeRun:
     same_tokens: bool
     same_text: bool
     first_difference: int | None  # index of the first differing token id, None when the same
+    features_max_abs_error: float  # Node's frontend.onnx output against the numpy front-end
     python_seconds: float
     node_seconds: float
 
     @property
     def agrees(self) -> bool:
-        return self.same_prompt and self.same_tokens and self.same_text
+        same_features = self.features_max_abs_error <= FEATURE_TOLERANCE
+        return same_features and self.same_prompt and self.same_tokens and self.same_text
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,8 @@ def run_node(
         *map(str, wavs),
         "--max-new-tokens",
         str(max_new_tokens),
+        "--features-dir",
+        str(Path(wavs[0]).parent),
     ]
     if tier:
         command += ["--tier", tier]
@@ -155,6 +163,9 @@ def compare(
                 # Python's prompt comes from the chat template, Node's from the metadata's id lists.
                 prompt = pipeline.prompt_ids(audio_token_count(len(audio), cfg))[0].tolist()
                 tokens = list(python.token_ids)
+                fed = np.fromfile(node["features_file"], np.float32).reshape(node["features_shape"])
+                want = log_mel(audio, cfg)[None]
+                feature_error = float(np.max(np.abs(fed - want))) if fed.shape == want.shape else float("inf")
                 run = NodeRun(
                     tier=tier or "fp32",
                     clip=clip.name,
@@ -165,12 +176,17 @@ def compare(
                     same_tokens=node["token_ids"] == tokens,
                     same_text=node["text"] == python.text,
                     first_difference=first_difference(tokens, node["token_ids"]),
+                    features_max_abs_error=feature_error,
                     python_seconds=round(python.seconds, 3),
                     node_seconds=round(float(node["seconds"]), 3),
                 )
                 say(
                     f"{run.tier:8s} {clip.name:34s} {run.python_tokens:4d} tokens  "
-                    + ("same prompt, tokens and text" if run.agrees else f"DIFFERENT ({_what(run)})")
+                    + (
+                        "same features, prompt, tokens and text"
+                        if run.agrees
+                        else f"DIFFERENT ({_what(run)})"
+                    )
                 )
                 runs.append(run)
     version = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
@@ -178,10 +194,9 @@ def compare(
 
 
 def _what(run: NodeRun) -> str:
-    parts = [
-        n
-        for n, ok in (("prompt", run.same_prompt), ("tokens", run.same_tokens), ("text", run.same_text))
-        if not ok
-    ]
+    checks = [("prompt", run.same_prompt), ("tokens", run.same_tokens), ("text", run.same_text)]
+    features = f"features (by {run.features_max_abs_error:.2g})"
+    checks.append((features, run.features_max_abs_error <= FEATURE_TOLERANCE))
+    parts = [name for name, ok in checks if not ok]
     where = f", first at token {run.first_difference}" if run.first_difference is not None else ""
     return "differs in " + ", ".join(parts) + where
