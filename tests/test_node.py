@@ -1,4 +1,4 @@
-"""The reference Node.js transcriber (examples/node/transcribe.mjs) against the Python runtime, token by token.
+"""The reference Node.js transcriber (examples/node/transcribe.mjs) vs the Python runtime, token for token.
 
 Needs Node.js and `npm ci --ignore-scripts --prefix examples/node` (``make test`` runs it). .ci/run sets
 GRANITE_REQUIRE_NODE=1, so there a missing Node fails these tests instead of skipping them; `make node-check`
