@@ -29,7 +29,7 @@ PARITY_CLIPS ?= clips
 CLIP ?= clips/jfk.flac
 endif
 
-.PHONY: all setup node-setup node-check export quantise verify parity metadata transcribe bundle publish regenerate expected test lint bench bench-runtime bench-export-full bench-quantise-full bench-tiers bench-profile bench-int8 emulated-avx2 fixture-train sensitivity clean
+.PHONY: all setup node-setup node-check export quantise verify parity metadata transcribe bundle publish regenerate expected test lint bench bench-frontend bench-runtime bench-export-full bench-quantise-full bench-tiers bench-profile bench-int8 emulated-avx2 fixture-train sensitivity clean
 
 all: export quantise parity metadata transcribe
 
@@ -110,8 +110,12 @@ lint: setup
 # The full 4.1-2b shape with random weights (bench/scale.py): both weight layouts, PyTorch eager beside
 # onnxruntime, decode against the copy-bandwidth bound, a 90 s clip; exports the bundle first when
 # /tmp/granite-full has none (about 10 min and 14 GiB per LLM graph on 2 cores). BENCH_ARGS passes more.
-bench: setup
+bench: setup bench-frontend
 	$(PY) bench/scale.py --work /tmp/granite-full --json bench/results/scale.json $(BENCH_ARGS)
+
+# frontend.onnx against the numpy front-end per 30 s of speech, 1 and 2 threads (needs $(BUNDLE): `make export`).
+bench-frontend: setup
+	$(PY) bench/frontend.py --bundle $(BUNDLE) --json bench/results/frontend.json
 
 # ONNX against PyTorch eager on one clip of $(BUNDLE) (tiny by default: overhead, not kernels).
 bench-runtime: setup

@@ -429,3 +429,56 @@ def test_a_card_with_many_clips_stays_short(metadata):
     assert len(card.splitlines()) <= CARD_MAX_LINES and len(card.encode()) <= CARD_MAX_BYTES
     assert sum(f"{i:03d}-" in card for i in range(60)) <= 5
     assert "5 of the 300 clips are shown" in card and "parity.multi_clip_parity" in card
+
+
+# --- the card through huggingface_hub: model-index and the consumer section ---------------------------
+
+
+def test_the_card_parses_as_a_hub_model_card_with_the_measured_wer(metadata, card):
+    from huggingface_hub import ModelCard
+
+    parsed = ModelCard(card)
+    assert parsed.data.license == "apache-2.0" and parsed.data.pipeline_tag == "automatic-speech-recognition"
+    results = {(r.dataset_name, r.metric_name): r.metric_value for r in parsed.data.eval_results}
+    sets = metadata["parity"]["sets"]
+    assert sets
+    for name, facts in sets.items():
+        dataset = f"{name} ({facts['clips']} clips)"
+        for tier, t in facts["tiers"].items():
+            assert results[(dataset, f"WER of {tier} vs PyTorch (%)")] == round(100 * t["wer_vs_pytorch"], 2)
+            assert results[(dataset, f"WER of {tier} vs reference (%)")] == round(
+                100 * t["wer_vs_reference"], 2
+            )
+        pytorch = results[(dataset, "WER of PyTorch vs reference (%)")]
+        assert pytorch == round(100 * facts["pytorch_wer_vs_reference"], 2)
+    assert all(
+        r.metric_type == "wer" and r.task_type == "automatic-speech-recognition"
+        for r in parsed.data.eval_results
+    )
+
+
+def test_a_card_without_parity_has_no_model_index(metadata):
+    from huggingface_hub import ModelCard
+
+    bare = copy.deepcopy(metadata)
+    bare["parity"] = None
+    parsed = ModelCard(render_card(bare))
+    assert not parsed.data.eval_results
+    assert "model-index" not in render_card(bare)
+
+
+def test_the_card_says_how_to_run_it_from_node_and_rust(metadata, card):
+    start = card.index("## Use it from Node.js or Rust")
+    section = card[start : card.index("\n## ", start + 1)]
+    prompt, audio = metadata["prompt"], metadata["audio"]
+    assert f"`prompt.prefix_ids` ({len(prompt['prefix_ids'])} ids)" in section
+    assert f"`prompt.suffix_ids` ({len(prompt['suffix_ids'])} ids)" in section
+    assert f"({prompt['audio_token_id']}) repeated" in section
+    assert f"divide PCM16 samples by {audio['pcm16_scale']}" in section and "at least 257 samples" in section
+    assert "`waveform` float32 [batch, samples], `num_samples` int64 [batch]" in section
+    assert "node examples/node/transcribe.mjs BUNDLE audio.wav" in section and "commit_from_file" in section
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "frontend.onnx" in line]
+    assert {r.split("|")[1].strip() for r in rows} >= {"fp32"}
+    cases = metadata["export"]["frontend"]["cases"]
+    for case in cases:
+        assert f"| {case['name']} | {case['frames']} |" in section

@@ -12,14 +12,15 @@ import re
 import unicodedata
 from pathlib import Path
 
-from ..specs import GRAPH_NAMES
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from ..specs import BUNDLE_GRAPHS, DECODE_STEP, ENCODER, FRONTEND, PROMPT_ENCODE
 from .collect import HUB, RANDOM_FIXTURE, TRAINED_FIXTURE, checkpoint_kind
 
 FP32 = "fp32"
 SHA_PREFIX = 12
 HUB_TAGS = ("onnx", "onnxruntime", "speech", "asr", "granite", "granite-speech")
 _KV = re.compile(r"^(?P<prefix>.+)\.(?P<layer>\d+)\.(?P<kind>key|value)$")
-_PLAIN_YAML = re.compile(r"[A-Za-z0-9][\w./-]*")
 NOT_MEASURED = "not measured"
 DASH = "-"
 
@@ -72,12 +73,6 @@ def fenced(text: str, lang: str = "text") -> str:
     return f"{fence}{lang}\n{visible(text)}\n{fence}"
 
 
-def yaml_scalar(value: str) -> str:
-    return (
-        value if _PLAIN_YAML.fullmatch(value) else '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    )
-
-
 def yes_no(flag: bool) -> str:
     return "yes" if flag else "no"
 
@@ -106,9 +101,9 @@ def model_name(meta: dict) -> str:
 
 
 def fp32_graphs(meta: dict) -> list[dict]:
-    """The three FP32 graph entries, in pipeline order."""
+    """The four FP32 graph entries (the front-end first), in pipeline order."""
     graphs = meta["graphs"]
-    return [graphs[n] for n in GRAPH_NAMES if n in graphs]
+    return [graphs[n] for n in BUNDLE_GRAPHS if n in graphs]
 
 
 def tiers_present(meta: dict) -> list[str]:
@@ -130,17 +125,59 @@ def source_args(meta: dict) -> str:
 # --- sections ----------------------------------------------------------------------------------------
 
 
+ASR = "automatic-speech-recognition"
+
+
+def eval_results(meta: dict) -> list[EvalResult]:
+    """The measured WER per tier and clip set as Hub ``model-index`` results (what the Hub shows beside the
+    card): each tier against PyTorch and against the human references, and PyTorch against the
+    references, in percent as the parity report measured it. None where nothing was measured."""
+    parity = meta.get("parity") or {}
+    results = []
+
+    def add(set_name: str, clips: int, name: str, value: float | None) -> None:
+        if value is None:
+            return
+        results.append(
+            EvalResult(
+                task_type=ASR,
+                task_name="Speech recognition",
+                dataset_type=f"granite-onnx/{set_name}",
+                dataset_name=f"{set_name} ({clips} clips)",
+                metric_type="wer",
+                metric_name=name,
+                metric_value=round(100 * value, 2),
+                verified=False,
+            )
+        )
+
+    for set_name, facts in (parity.get("sets") or {}).items():
+        add(
+            set_name, facts["clips"], "WER of PyTorch vs reference (%)", facts.get("pytorch_wer_vs_reference")
+        )
+        for tier, t in facts["tiers"].items():
+            add(set_name, facts["clips"], f"WER of {tier} vs PyTorch (%)", t.get("wer_vs_pytorch"))
+            add(set_name, facts["clips"], f"WER of {tier} vs reference (%)", t.get("wer_vs_reference"))
+    return results
+
+
+def card_data(meta: dict) -> ModelCardData:
+    """The Hub metadata of the card: licence, base model (when known), task, library, tags, model-index."""
+    results = eval_results(meta)
+    return ModelCardData(
+        license="apache-2.0",
+        base_model=hub_id(meta),
+        pipeline_tag=ASR,
+        library_name="onnx",
+        tags=list(HUB_TAGS) + [t for t in tiers_present(meta) if t != FP32],
+        model_name=title(meta)[2:] if results else None,
+        eval_results=results or None,
+    )
+
+
 def front_matter(meta: dict) -> str:
-    """Hub YAML header: licence, base model (when known), task, library and tags."""
-    lines = ["---", "license: apache-2.0"]
-    base = hub_id(meta)
-    if base:
-        lines.append(f"base_model: {yaml_scalar(base)}")
-    lines += ["pipeline_tag: automatic-speech-recognition", "library_name: onnx", "tags:"]
-    tags = list(HUB_TAGS) + [t for t in tiers_present(meta) if t != FP32]
-    lines += [f"- {yaml_scalar(t)}" for t in tags]
-    lines.append("---")
-    return "\n".join(lines)
+    """Hub YAML header, written by huggingface_hub from :func:`card_data`."""
+    return f"---\n{card_data(meta).to_yaml()}\n---"
 
 
 def source_kind(meta: dict) -> str:
@@ -277,7 +314,14 @@ def intro(meta: dict) -> str:
         f"IR version {exporter['ir_version']}; operator domains used: "
         + ", ".join(f"`{d}`" for d in domains)
         + ".",
-        "Three graphs run in sequence: `encoder` turns stacked log-mel features into audio embeddings; "
+        (
+            "`frontend` turns the 16 kHz waveform into the stacked log-mel features (DSP in ai.onnx, "
+            "float32 in and out, "
+            "one file for every tier); then "
+            if FRONTEND in meta["graphs"]
+            else "Three graphs run in sequence: "
+        )
+        + "`encoder` turns stacked log-mel features into audio embeddings; "
         "`prompt_encode` runs the language model over the chat prompt, merging the audio embeddings at the "
         f"positions where `input_ids` equals the audio token id ({meta['token_ids']['audio']}), "
         "and returns the last position's logits and the KV cache; `decode_step` takes one token "
@@ -429,6 +473,97 @@ def prompt_section(meta: dict) -> str:
             f"`{prompt['audio_placeholder']}` is repeated once per audio embedding before tokenizing):",
             fenced(prompt["text"]),
             "Transcribe with onnxruntime alone (no torch): `granite-onnx transcribe --bundle . audio.flac`.",
+        ]
+    )
+
+
+def tier_files(meta: dict, tier: str) -> list[str]:
+    """The files a tier runs, in pipeline order: the shared front-end, then its own graph or the FP32 one
+    its quantise report declares (the fp16 tier converts only the encoder)."""
+    graphs = meta["graphs"]
+    declared = ((meta.get("quantisation") or {}).get(tier) or {}).get("fp32_graphs") or []
+    files = [graphs[FRONTEND]["file"]] if FRONTEND in graphs else []
+    for name in (ENCODER, PROMPT_ENCODE, DECODE_STEP):
+        key = name if tier == FP32 or name in declared else f"{name}_{tier}"
+        files.append(graphs[key]["file"] if key in graphs else f"{key}.onnx (missing)")
+    return files
+
+
+def _io_text(graph: dict, key: str) -> str:
+    named = [t for t in graph[key] if not _KV.match(t["name"])]
+    return ", ".join(f"`{t['name']}` {t['dtype']} {shape_text(t['shape'])}" for t in named)
+
+
+def frontend_check_text(meta: dict) -> str:
+    """The export gate of frontend.onnx as measured: max abs error against the numpy recipe per input."""
+    check = (meta.get("export") or {}).get("frontend")
+    if not check:
+        return (
+            f"`frontend.onnx` against the numpy front-end: **{NOT_MEASURED}** (exported with `--no-check`)."
+        )
+    rows = [
+        [c["name"], c["frames"], ", ".join(map(str, c["token_counts"])), sci(c["max_abs_error"])]
+        for c in check["cases"]
+    ]
+    note = f" **{check['clips_note']}**." if check.get("clips_note") else ""
+    return "\n\n".join(
+        [
+            f"`frontend.onnx` (computing in {check['compute']}) was checked at export against the numpy "
+            f"recipe the parity figures use; gate: max abs error at most {check['tolerance']:g} on every "
+            f"input.{note}",
+            table(["input", "feature frames", "audio tokens", "max abs error"], rows),
+        ]
+    )
+
+
+def consumers_section(meta: dict) -> str:
+    """How to run the bundle outside Python, generated from the metadata: files, IO and the prompt ids."""
+    audio, prompt, graphs = meta.get("audio"), meta["prompt"], meta["graphs"]
+    if not audio or FRONTEND not in graphs or "prefix_ids" not in prompt:
+        return ""
+    layers = sum(1 for t in graphs[PROMPT_ENCODE]["outputs"] if t["name"].endswith(".key"))
+    eos = ", ".join(str(i) for i in prompt["eos_token_ids"]) or "none recorded"
+    steps = [
+        f"1. **Audio**: mono float32 at {audio['sampling_rate']} Hz (average the channels; divide PCM16 "
+        f"samples by {audio['pcm16_scale']}), at least {audio['min_samples']} samples.",
+        f"2. **`{graphs[FRONTEND]['file']}`**: {_io_text(graphs[FRONTEND], 'inputs')} (a batch zero-padded "
+        "to "
+        f"the longest) -> {_io_text(graphs[FRONTEND], 'outputs')}.",
+        f"3. **`{graphs[ENCODER]['file']}`**: {_io_text(graphs[ENCODER], 'inputs')} -> "
+        f"{_io_text(graphs[ENCODER], 'outputs')}.",
+        f"4. **Prompt ids**: `prompt.prefix_ids` ({len(prompt['prefix_ids'])} ids), then "
+        f"`prompt.audio_token_id` ({prompt['audio_token_id']}) repeated `audio_token_count` times, then "
+        f"`prompt.suffix_ids` ({len(prompt['suffix_ids'])} ids); prompt plus new tokens must fit in "
+        f"{prompt['max_positions']} positions. No template engine and no tokenizer encoder are needed.",
+        f"5. **`{graphs[PROMPT_ENCODE]['file']}`**: {_io_text(graphs[PROMPT_ENCODE], 'inputs')} "
+        f"(attention mask all ones, positions 0..seq-1) -> `logits` and `present.{{i}}.{{key,value}}`, "
+        f"i = 0..{layers - 1}.",
+        f"6. **`{graphs[DECODE_STEP]['file']}`**, once per token: take the argmax of `logits`; stop at an "
+        "eos "
+        f"id ({eos}); else feed that token with `past_key_values.{{i}}.*` = the last `present.{{i}}.*`, an "
+        "attention mask of ones over past + 1 and `position_ids` [[past]].",
+        "7. **Text**: decode the generated ids with `tokenizer.json`, skipping special tokens, and trim.",
+    ]
+    rows = [[t, ", ".join(f"`{f}`" for f in tier_files(meta, t))] for t in tiers_present(meta)]
+    return "\n\n".join(
+        [
+            "## Use it from Node.js or Rust",
+            "Everything a runtime needs is a graph or a value in `granite_export_metadata.json` (keys "
+            "`audio` and `prompt`): no DSP code, no chat template. Open each graph by its path, so that its "
+            "sidecar (and a shared one) resolves beside it.",
+            "\n".join(steps),
+            table(["tier", "files, in pipeline order"], rows),
+            frontend_check_text(meta),
+            "**Node.js**: the granite-onnx repository's reference transcriber (onnxruntime-node with the CPU "
+            "binaries in its npm package, `@huggingface/tokenizers` for the decode) runs these steps; CI "
+            "checks it against the Python runtime token for token on every tier:",
+            fenced(
+                "npm ci --ignore-scripts --prefix examples/node\n"
+                "node examples/node/transcribe.mjs BUNDLE audio.wav --tier int8",
+                "bash",
+            ),
+            "**Rust** (`ort` 2.0): the same steps with one `Session::builder()?.commit_from_file(path)?` per "
+            'graph and the `tokenizers` crate\'s `Tokenizer::from_file("tokenizer.json")` for the decode.',
         ]
     )
 
@@ -856,18 +991,24 @@ def licence_section(meta: dict) -> str:
 
 
 def render_card(metadata: dict) -> str:
-    """The bundle's README.md: Hub header, files, contract, prompt, parity, toolchain, reproduce, licence."""
+    """The bundle's README.md: Hub header, files, contract, prompt, consumers, parity, toolchain, reproduce,
+    licence. huggingface_hub's ``ModelCard`` assembles it (and so parses the header back, as the Hub does)."""
     sections = [
-        front_matter(metadata),
         intro(metadata),
         publication_notice(metadata),
         files_section(metadata),
         contract_section(metadata),
         prompt_section(metadata),
+        consumers_section(metadata),
         parity_section(metadata),
         quantisation_section(metadata),
         toolchain_section(metadata),
         reproduce_section(metadata),
         licence_section(metadata),
     ]
-    return "\n\n".join(s for s in sections if s).rstrip() + "\n"
+    body = "\n\n".join(s for s in sections if s).rstrip() + "\n"
+    card = ModelCard.from_template(card_data(metadata), template_str=CARD_TEMPLATE, body=body)
+    return card.content.rstrip() + "\n"
+
+
+CARD_TEMPLATE = "---\n{{ card_data }}\n---\n\n{{ body }}"
