@@ -148,5 +148,6 @@ def test_frontend_benchmark_runs_on_the_tiny_bundle(tiny_bundle, tmp_path):
     out = tmp_path / "frontend.json"
     run_bench("frontend.py", "--bundle", str(tiny_bundle), "--repeats", "1", "--json", str(out))
     result = json.loads(out.read_text())
-    assert {r["front_end"] for r in result["runs"]} == {"numpy", "frontend.onnx (float64 inside)", "float32 inside"}
+    names = {"numpy", "frontend.onnx (float64 inside)", "float32 inside"}
+    assert {r["front_end"] for r in result["runs"]} == names
     assert all(r["max_abs_error_vs_numpy"] <= 1e-4 and r["ms_per_30s"] > 0 for r in result["runs"])
