@@ -134,11 +134,18 @@ class FeatureConfig:
             raise BundleError(f"{path}: {one_line(exc)}: {fix}") from exc
 
 
+# The window and the filterbank take their transcendental values from Python's ``math`` (the C library),
+# one element at a time, not from numpy's vectorised ufuncs: numpy dispatches ``log10``, ``power`` and
+# ``cos`` to other SIMD code on AVX-512 and on AVX2 CPUs, and the two differed in the last bit of the bank
+# (measured: another sha256 under qemu -cpu Haswell), so frontend.onnx, which stores them, would not be
+# byte-reproducible across CPUs. Every other step is IEEE arithmetic, the same everywhere.
+
+
 @functools.lru_cache(maxsize=16)
 def _window(cfg: FeatureConfig) -> np.ndarray:
     """Periodic Hann of ``win_length`` zero-padded centred into ``n_fft``, as ``torch.stft`` pads it."""
-    n = np.arange(cfg.win_length, dtype=np.float64)
-    hann = 0.5 - 0.5 * np.cos(2.0 * math.pi * n / cfg.win_length)  # periodic: divide by N, not N-1
+    cos = np.array([math.cos(2.0 * math.pi * i / cfg.win_length) for i in range(cfg.win_length)])
+    hann = 0.5 - 0.5 * cos  # periodic: divide by N, not N-1
     window = np.zeros(cfg.n_fft, dtype=np.float64)
     left = (cfg.n_fft - cfg.win_length) // 2
     window[left : left + cfg.win_length] = hann
@@ -146,12 +153,12 @@ def _window(cfg: FeatureConfig) -> np.ndarray:
     return window
 
 
-def _hz_to_mel(freq: np.ndarray | float) -> np.ndarray:
-    return 2595.0 * np.log10(1.0 + np.asarray(freq, dtype=np.float64) / 700.0)
+def _hz_to_mel(freq: float) -> float:
+    return 2595.0 * math.log10(1.0 + freq / 700.0)
 
 
 def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
-    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+    return np.array([700.0 * (math.pow(10.0, m / 2595.0) - 1.0) for m in mel.tolist()])
 
 
 @functools.lru_cache(maxsize=16)
