@@ -203,6 +203,22 @@ def decode_step_spec(dims: ModelDims) -> GraphSpec:
     )
 
 
+def frontend_spec(feature_dim: int = FEATURE_DIM) -> GraphSpec:
+    """``waveform`` [batch, samples] + ``num_samples`` [batch] -> the encoder's ``input_features`` and the
+    number of audio tokens each utterance gets in the prompt (``export/frontend.py`` builds the graph)."""
+    return GraphSpec(
+        FRONTEND,
+        inputs=(
+            TensorSpec("waveform", "float32", ("batch", "samples")),
+            TensorSpec("num_samples", "int64", ("batch",)),
+        ),
+        outputs=(
+            TensorSpec("input_features", "float32", ("batch", "frames", feature_dim)),
+            TensorSpec("audio_token_count", "int64", ("batch",)),
+        ),
+    )
+
+
 def graph_specs(dims: ModelDims) -> dict[str, GraphSpec]:
     return {
         ENCODER: encoder_spec(dims),

@@ -29,26 +29,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..runtime.features import FeatureConfig, _mel_filterbank, _window, min_audio_samples
-from ..specs import FRONTEND, IR_VERSION, OPSET, GraphSpec, TensorSpec
+from ..specs import FRONTEND, IR_VERSION, OPSET, TensorSpec, frontend_spec
 
 LOG_FLOOR = 1e-10
 DYNAMIC_RANGE = 8.0
-
-
-def frontend_spec(cfg: FeatureConfig) -> GraphSpec:
-    """``waveform`` [batch, samples] + ``num_samples`` [batch] -> the encoder's ``input_features`` and the
-    number of audio tokens each utterance gets in the prompt."""
-    return GraphSpec(
-        FRONTEND,
-        inputs=(
-            TensorSpec("waveform", "float32", ("batch", "samples")),
-            TensorSpec("num_samples", "int64", ("batch",)),
-        ),
-        outputs=(
-            TensorSpec("input_features", "float32", ("batch", "frames", 2 * cfg.n_mels)),
-            TensorSpec("audio_token_count", "int64", ("batch",)),
-        ),
-    )
 
 
 def _const(name: str, value, dtype) -> TensorProto:
@@ -95,7 +79,7 @@ def build_frontend(cfg: FeatureConfig, compute: str = "float64") -> onnx.ModelPr
     if compute not in COMPUTE_DTYPES:
         raise ValueError(f"compute must be one of {COMPUTE_DTYPES}, got {compute!r}")
     real = np.dtype(compute)
-    spec = frontend_spec(cfg)
+    spec = frontend_spec(2 * cfg.n_mels)
     pad = cfg.n_fft // 2
     inits = [
         _const("pads", [0, pad, 0, pad], np.int64),
