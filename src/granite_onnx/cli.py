@@ -92,6 +92,18 @@ def _layout_option(graphs: str):
     )
 
 
+def _clips_option(help: str):
+    """``--clips DIR`` (default ``clips``) of export, quantise and verify."""
+    return click.option(
+        "--clips",
+        "clips_dir",
+        type=click.Path(path_type=Path),
+        default=Path("clips"),
+        show_default=True,
+        help=help,
+    )
+
+
 def _source(model_dir: Path | None, model: str | None, revision: str | None):
     from .checkpoint import resolve_checkpoint
 
@@ -115,14 +127,7 @@ def _source(model_dir: Path | None, model: str | None, revision: str | None):
 @click.option(
     "--no-check", is_flag=True, help="Skip the gates (onnxruntime vs PyTorch, frontend.onnx vs numpy)."
 )
-@click.option(
-    "--clips",
-    "clips_dir",
-    type=click.Path(path_type=Path),
-    default=Path("clips"),
-    show_default=True,
-    help="Audio clips frontend.onnx is checked on (absent: synthetic signals only, with a warning).",
-)
+@_clips_option("Audio clips frontend.onnx is checked on (absent: synthetic signals only, with a warning).")
 @click.option("--force", is_flag=True, help="Export again even when the bundle is up to date.")
 @_layout_option("prompt_encode and decode_step")
 def export(model_dir, model, revision, out_dir, graphs, no_check, clips_dir, force, layout) -> None:
@@ -187,14 +192,7 @@ def fixture(out_dir: Path, seed: int) -> None:
 @click.option(
     "--exclude", multiple=True, help="Node name or shell pattern to keep in full precision (repeatable)."
 )
-@click.option(
-    "--clips",
-    "clips_dir",
-    type=click.Path(path_type=Path),
-    default=Path("clips"),
-    show_default=True,
-    help="Real audio for int8s calibration and fp16 range checks.",
-)
+@_clips_option("Real audio for int8s calibration and fp16 range checks.")
 @click.option(
     "--calibration",
     type=click.Choice(["minmax", "percentile", "entropy"]),
