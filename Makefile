@@ -27,6 +27,11 @@ else
 CALIBRATION_CLIPS ?= clips
 PARITY_CLIPS ?= clips
 CLIP ?= clips/jfk.flac
+ifeq ($(MODEL),tiny-plus)
+# The tiny 4.1-2b-plus (tied head, random weights) is tuned for a diverse FP32 transcript; INT8 error flips its
+# confident steps, so its INT8 tiers are measured and reported, not gated (fixtures.TINY_PLUS says why).
+PARITY_ARGS ?= --ungated int8 --ungated int8s --ungated int8w
+endif
 endif
 
 .PHONY: all setup node-setup node-check export quantise verify parity metadata transcribe bundle publish regenerate expected test lint bench bench-frontend bench-runtime bench-export-full bench-quantise-full bench-tiers bench-profile bench-int8 emulated-avx2 fixture-train sensitivity clean

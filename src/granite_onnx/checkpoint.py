@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from granite_onnx.errors import CheckpointError
+from granite_onnx.registry import entry_for_config, entry_of_fixture
 from granite_onnx.userfiles import exists, is_dir, is_file, json_kind, read_json
 
 if TYPE_CHECKING:
     from transformers import GraniteSpeechForConditionalGeneration
+
+    from granite_onnx.registry import Entry
 
 TINY_MODEL = "tiny"
 # A small Granite Speech trained on synthetic speech (training/): shipped with the package, so its
@@ -26,11 +29,10 @@ TINY_MODEL = "tiny"
 TRAINED_MODEL = "trained"
 TRAINED_DIR = Path(__file__).resolve().parent / "assets" / "trained"
 AUDIO_TOKEN = "<|audio|>"
-SUPPORTED_MODEL_TYPE = "granite_speech"
 EXAMPLE_MODEL_ID = "ibm-granite/granite-speech-4.1-2b"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 
 # transformers' defaults, for configs that leave the key out.
-DEFAULT_HAS_LORA_ADAPTER = True  # GraniteSpeechConfig
 DEFAULT_AUDIO_TOKEN_INDEX = 49155  # GraniteSpeechConfig
 DEFAULT_TEXT_VOCAB_SIZE = 32000  # GraniteConfig
 
@@ -90,12 +92,14 @@ def resolve_checkpoint(
         if revision is not None:
             raise _error("--revision applies to --model ID only; a --model-dir folder is used as it is")
         return CheckpointSource(path=Path(model_dir).expanduser())
-    if model == TINY_MODEL:
+    fixture = entry_of_fixture(model)
+    if fixture is not None:  # tiny, tiny-plus: an entry's tiny random checkpoint
         if revision is not None:
-            raise _error("--revision does not apply to --model tiny (the built-in checkpoint has none)")
-        from granite_onnx.fixtures import tiny_checkpoint_dir
+            raise _error(f"--revision does not apply to --model {model} (the built-in checkpoint has none)")
+        from granite_onnx.fixtures import fixture_spec, tiny_checkpoint_dir
 
-        return CheckpointSource(path=tiny_checkpoint_dir(), model_id=TINY_MODEL, is_fixture=True)
+        path = tiny_checkpoint_dir(fixture_spec(fixture.model_type))
+        return CheckpointSource(path=path, model_id=model, is_fixture=True)
     if model == TRAINED_MODEL:
         if revision is not None:
             raise _error("--revision does not apply to --model trained (it ships with granite-onnx)")
@@ -278,18 +282,16 @@ def validate_checkpoint(path: Path) -> dict[str, Any]:
             "config.json and weights"
         )
     config = _read_json(config_path)
-    model_type = config.get("model_type") if isinstance(config, dict) else None
-    if model_type != SUPPORTED_MODEL_TYPE:
-        raise _error(
-            f"{config_path} has model_type {model_type!r}, not {SUPPORTED_MODEL_TYPE!r}: point "
-            f"--model-dir at a Granite Speech checkpoint such as {EXAMPLE_MODEL_ID}"
-        )
+    entry_for_config(config, config_path)  # one line naming the supported architectures otherwise
 
-    if config.get("has_lora_adapter", DEFAULT_HAS_LORA_ADAPTER) or (path / "adapter_config.json").exists():
-        where = path / "adapter_config.json" if (path / "adapter_config.json").exists() else config_path
+    # The adapter files decide, not the config's has_lora_adapter: transformers enables an adapter only when
+    # one is loaded, and 4.1-2b-plus-style configs set the flag with no adapter to load.
+    adapter = next((path / name for name in ADAPTER_FILES if exists(path / name)), None)
+    if adapter is not None:
         raise _error(
-            f"{where}: Granite Speech 3.3-style LoRA checkpoints are not supported (audio needs the LoRA "
-            f"adapter); use a checkpoint with has_lora_adapter false, such as {EXAMPLE_MODEL_ID}"
+            f"{adapter}: Granite Speech 3.3-style LoRA checkpoints are not supported yet (speech needs the "
+            f"adapter merged into the LLM, which granite-onnx does not do yet); use a checkpoint without "
+            f"adapter files, such as {EXAMPLE_MODEL_ID}"
         )
 
     if not _has_weights(path):
@@ -355,16 +357,22 @@ def copy_processor_files(src: Path, dst: Path, names: tuple[str, ...] = PROCESSO
     return copied
 
 
+def checkpoint_entry(path: Path) -> Entry:
+    """The registry entry of a checkpoint folder (validated)."""
+    config = validate_checkpoint(path)
+    return entry_for_config(config, Path(path) / "config.json")
+
+
 def load_reference_model(path: Path) -> GraniteSpeechForConditionalGeneration:
-    """Validate, then load the PyTorch reference in float32 with eager attention, in eval mode.
+    """Validate, then load the PyTorch reference (its entry's transformers class) in float32 with eager
+    attention, in eval mode.
 
     Eager attention is the plainest maths to trace and to compare against; float32 is the parity baseline.
     """
-    validate_checkpoint(path)
+    entry = checkpoint_entry(path)
     import torch
-    from transformers import GraniteSpeechForConditionalGeneration
+    import transformers
 
-    model = GraniteSpeechForConditionalGeneration.from_pretrained(
-        Path(path), dtype=torch.float32, attn_implementation="eager"
-    )
+    model_class = getattr(transformers, entry.model_class)
+    model = model_class.from_pretrained(Path(path), dtype=torch.float32, attn_implementation="eager")
     return model.eval()

@@ -186,14 +186,29 @@ def grouped_attention(model: nn.Module) -> Iterator[int]:
             config._attn_implementation = before[key]
 
 
+PATCHES = (conformer_attention_forward, projector_forward, conv_module_forward)
+
+
+def class_prefix(model: nn.Module) -> str:
+    """The encoder classes' prefix of ``model``'s registry entry (4.1-2b-plus renames every one of them)."""
+    from ..registry import ENTRIES
+
+    kind = type(model).__name__
+    entry = next((e for e in ENTRIES if e.model_class == kind), None)
+    if entry is None:
+        raise TypeError(f"{kind} is not the reference class of any registry entry")
+    return entry.class_prefix
+
+
 def _targets(model: nn.Module) -> Iterator[tuple[nn.Module, object]]:
+    prefix = class_prefix(model)
     for module in model.modules():
         kind = type(module).__name__
-        if kind == "GraniteSpeechConformerAttention":
+        if kind == f"{prefix}ConformerAttention":
             yield module, conformer_attention_forward
-        elif kind == "GraniteSpeechEncoderProjector":
+        elif kind == f"{prefix}EncoderProjector":
             yield module, projector_forward
-        elif kind == "GraniteSpeechConformerConvModule" and not module.batch_norm.training:
+        elif kind == f"{prefix}ConformerConvModule" and not module.batch_norm.training:
             yield module, conv_module_forward
 
 
@@ -205,8 +220,15 @@ def dynamic_length_patches(model: nn.Module) -> Iterator[int]:
     (a renamed upstream class would otherwise make it a silent no-op).
     """
     patched = []
+    targets = list(_targets(model))
+    missing = [f.__name__ for f in PATCHES if not any(fn is f for _, fn in targets)]
+    if missing:  # a renamed upstream class would make that patch a silent no-op
+        raise RuntimeError(
+            f"the export patches {', '.join(missing)} matched no module of {type(model).__name__} "
+            f"(classes prefixed {class_prefix(model)}); unsupported transformers version?"
+        )
     try:
-        for module, fn in _targets(model):
+        for module, fn in targets:
             if fn is conv_module_forward:
                 weight, bias = fold_batch_norm(module.depth_conv.conv, module.batch_norm)
                 module.register_buffer(FOLDED_WEIGHT, weight, persistent=False)

@@ -20,9 +20,9 @@ from ..audit import audit_file, check_kv_agreement
 from ..checkpoint import (
     BUNDLE_CHECKPOINT_FILES,
     CheckpointSource,
+    checkpoint_entry,
     copy_processor_files,
     load_reference_model,
-    validate_checkpoint,
 )
 from ..errors import GraniteOnnxError
 from ..identity import make_export_id, set_export_id
@@ -256,7 +256,7 @@ def export_bundle(
     if unknown:
         raise GraniteOnnxError(f"unknown graph(s) {sorted(unknown)}; choose from {', '.join(BUNDLE_GRAPHS)}")
     check_layout(options.layout)
-    validate_checkpoint(source.path)  # user mistakes fail here, before any work or output
+    entry = checkpoint_entry(source.path)  # user mistakes fail here, before any work or output
     check_output_dir(Path(out_dir))
     say(f"hashing the files of {source.path} (an unchanged export is skipped)")
     stamp = export_stamp(source, options)
@@ -296,7 +296,7 @@ def export_bundle(
         copied = copy_processor_files(source.path, stage, BUNDLE_CHECKPOINT_FILES)
         result = ExportResult(
             out_dir=str(out_dir),
-            source=source_json(source),
+            source={**source_json(source), "family": entry.name},
             graphs=tuple(reports),
             copied_files=tuple(sorted(copied)),
             seconds=round(time.perf_counter() - start, 3),

@@ -309,8 +309,13 @@ def intro(meta: dict) -> str:
         title(meta),
         f"{origin_sentence(meta)} {measured_sentence(meta)}",
         fixture_paragraph(meta),
-        f"Made with granite-onnx {meta['toolchain'].get('granite-onnx')}. "
-        f"Exporter: {exporter['path']}, `dynamo={exporter['dynamo']}`, opset {exporter['opset']}, "
+        f"Made with granite-onnx {meta['toolchain'].get('granite-onnx')}"
+        + (
+            f" (family entry `{meta['source_model']['family']}`). "
+            if meta["source_model"].get("family")
+            else ". "
+        )
+        + f"Exporter: {exporter['path']}, `dynamo={exporter['dynamo']}`, opset {exporter['opset']}, "
         f"IR version {exporter['ir_version']}; operator domains used: "
         + ", ".join(f"`{d}`" for d in domains)
         + ".",

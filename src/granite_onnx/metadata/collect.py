@@ -304,6 +304,7 @@ def describe_source(source: dict, config_path: Path) -> dict:
         "is_fixture": is_fixture,
         "config_sha256": file_facts(config_path)["sha256"],
         "kind": kind,
+        "family": source.get("family"),  # the registry entry (granite_onnx.registry) the export used
     }
     if kind == TRAINED_FIXTURE:  # the recipe ships with the package, beside the fixture's weights
         described["training"] = training_summary(TRAINED_DIR)
