@@ -128,9 +128,12 @@ def _source(model_dir: Path | None, model: str | None, revision: str | None):
     "--no-check", is_flag=True, help="Skip the gates (onnxruntime vs PyTorch, frontend.onnx vs numpy)."
 )
 @_clips_option("Audio clips frontend.onnx is checked on (absent: synthetic signals only, with a warning).")
+@click.option(
+    "--prompt", default=None, help="The default instruction the bundle records (else the model card's)."
+)
 @click.option("--force", is_flag=True, help="Export again even when the bundle is up to date.")
 @_layout_option("prompt_encode and decode_step")
-def export(model_dir, model, revision, out_dir, graphs, no_check, clips_dir, force, layout) -> None:
+def export(model_dir, model, revision, out_dir, graphs, no_check, clips_dir, prompt, force, layout) -> None:
     """Export frontend, encoder, prompt_encode and decode_step (FP32) plus the processor files."""
     _require_export_extra()
     from .export.stage import ExportOptions, export_bundle
@@ -142,6 +145,7 @@ def export(model_dir, model, revision, out_dir, graphs, no_check, clips_dir, for
         check=not no_check,
         layout=layout,
         frontend_clips=str(clips_dir),
+        prompt=prompt,
     )
     result = export_bundle(source, out_dir, options, progress=_progress, force=force)
     if result.skipped:
@@ -241,19 +245,30 @@ def quantise(bundle, tiers, exclude, clips_dir, calibration, threads, force, lay
     show_default=True,
     help="Features by the numpy recipe, or by the bundle's frontend.onnx (what other runtimes run).",
 )
+@click.option("--prompt", default=None, help="Instruction instead of the bundle's default.")
+@click.option(
+    "--task",
+    default="asr",
+    show_default=True,
+    help="asr, or a task of the model's card (4.1-2b-plus: speakers, timestamps); parsed into --json.",
+)
 @click.argument("audio", nargs=-1, required=True, type=click.Path(path_type=Path))
-def transcribe(bundle, tier, max_new_tokens, threads, as_json, frontend, audio) -> None:
+def transcribe(bundle, tier, max_new_tokens, threads, as_json, frontend, prompt, task, audio) -> None:
     """Transcribe AUDIO files (wav/flac, any rate, stereo downmixed) with onnxruntime alone."""
     from .runtime.cpu import current_cpu
     from .runtime.pipeline import SpeechPipeline
     from .runtime.saturation import saturation_warning
+    from .runtime.tasks import parse_task_output
 
     pipeline = SpeechPipeline(bundle, tier=tier, threads=threads, frontend=frontend)
     warning = saturation_warning(bundle, tier, current_cpu().saturating_u8s8)
     if warning:
         click.echo(f"warning: {warning}", err=True)
+    if prompt is not None and task != "asr":
+        raise click.UsageError("give --prompt or --task, not both")
+    instruction = prompt if prompt is not None else pipeline.prompts.style.task_instruction(task)
     for path in audio:
-        result = pipeline.transcribe_file(path, max_new_tokens)
+        result = pipeline.transcribe_file(path, max_new_tokens, instruction)
         if as_json:
             record = {
                 "file": str(path),
@@ -261,6 +276,8 @@ def transcribe(bundle, tier, max_new_tokens, threads, as_json, frontend, audio) 
                 "token_ids": list(result.token_ids),
                 "audio_seconds": round(result.audio_seconds, 3),
                 "seconds": round(result.seconds, 3),
+                "task": task,
+                **parse_task_output(task, result.text),
             }
             click.echo(json.dumps(record))
         else:

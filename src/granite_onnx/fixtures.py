@@ -173,7 +173,10 @@ class TinySpec:
 # are gated on the tiny and trained granite_speech checkpoints. Settings whose INT8 tiers passed the near-tie
 # gate gave one or two distinct ids per clip.
 TINY_PLUS = TinySpec(
-    family="granite_speech_plus", text_weight_gain=3.0, text_residual_multiplier=1.0, text_embedding_multiplier=0.1
+    family="granite_speech_plus",
+    text_weight_gain=3.0,
+    text_residual_multiplier=1.0,
+    text_embedding_multiplier=0.1,
 )
 
 

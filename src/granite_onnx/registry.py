@@ -13,13 +13,30 @@ Torch-free: validation reads it before any model is loaded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import CheckpointError
+from .runtime.prompt import PromptStyle
 from .specs import GRAPH_NAMES
 
 AUTOREGRESSIVE = "autoregressive"
+
+# The model cards' prompts (IBM's granite_speech/prompts.py and the cards' examples).
+INSTRUCTION_4_0 = "can you transcribe the speech into a written format?"
+INSTRUCTION_4_1 = "transcribe the speech with proper punctuation and capitalization."
+PLUS_SYSTEM = (
+    "Knowledge Cutoff Date: April 2024.\nToday's Date: December 19, 2024.\n"
+    "You are Granite, developed by IBM. You are a helpful AI assistant"
+)
+SPEAKERS = (
+    "Speaker attribution: Transcribe and denote who is speaking by adding [Speaker 1]: and [Speaker 2]: "
+    "tags before speaker turns."
+)
+TIMESTAMPS = (
+    "Timestamps: Transcribe the speech. After each word, add a timestamp tag showing the end time in "
+    "centiseconds, e.g. hello [T:45] world [T:82]"
+)
 
 
 @dataclass(frozen=True)
@@ -33,9 +50,22 @@ class Entry:
     checkpoints: tuple[str, ...]  # published checkpoints of this architecture
     fixture: str  # the --model name of its tiny random checkpoint (fixtures.py builds it)
     tied_head: bool  # lm_head shares the embedding matrix (no lm_head tensor in the checkpoint)
+    # (fragment of the checkpoint's name, its prompt style): the first fragment found in the Hub id or the
+    # folder's name wins; the last, with fragment "", is the entry's default.
+    styles: tuple[tuple[str, PromptStyle], ...] = ()
     graphs: tuple[str, ...] = GRAPH_NAMES
     decode: str = AUTOREGRESSIVE
     notes: str = ""
+
+    def prompt_style(self, name: str) -> PromptStyle:
+        """The prompt style for a checkpoint called ``name`` (Hub id, fixture name or folder name), with
+        ``source`` saying why; a name the entry does not know gets the default, and says so."""
+        lowered = name.lower()
+        for fragment, style in self.styles:
+            if fragment and fragment in lowered:
+                return replace(style, source=f"{self.name}: the prompt of '{fragment}' checkpoints ({name})")
+        default = self.styles[-1][1]
+        return replace(default, source=f"{self.name}: default, no known checkpoint name in {name!r}")
 
 
 @dataclass(frozen=True)
@@ -47,6 +77,14 @@ class Unsupported:
     reason: str
 
 
+# 4.1-2b-plus: a system turn, a space after the audio placeholder, and two more tasks; no punctuation.
+PLUS_STYLE = PromptStyle(
+    INSTRUCTION_4_0,
+    system=PLUS_SYSTEM,
+    separator=" ",
+    tasks=(("speakers", SPEAKERS), ("timestamps", TIMESTAMPS)),
+)
+
 GRANITE_SPEECH = Entry(
     name="granite-speech",
     model_type="granite_speech",
@@ -55,6 +93,15 @@ GRANITE_SPEECH = Entry(
     checkpoints=("ibm-granite/granite-4.0-1b-speech", "ibm-granite/granite-speech-4.1-2b"),
     fixture="tiny",
     tied_head=False,
+    styles=(
+        ("4.0-1b", PromptStyle(INSTRUCTION_4_0)),
+        ("granite-4.0", PromptStyle(INSTRUCTION_4_0)),
+        # The built-in checkpoints were built (tiny) and trained (trained) with the 4.0 instruction.
+        ("tiny", PromptStyle(INSTRUCTION_4_0)),
+        ("trained", PromptStyle(INSTRUCTION_4_0)),
+        ("4.1", PromptStyle(INSTRUCTION_4_1)),
+        ("", PromptStyle(INSTRUCTION_4_1)),
+    ),
     notes="4.0 and 4.1 share the architecture; only the default instruction differs",
 )
 GRANITE_SPEECH_PLUS = Entry(
@@ -65,6 +112,7 @@ GRANITE_SPEECH_PLUS = Entry(
     checkpoints=("ibm-granite/granite-speech-4.1-2b-plus",),
     fixture="tiny-plus",
     tied_head=True,
+    styles=(("4.1-2b-plus", PLUS_STYLE), ("", PLUS_STYLE)),
     notes="the encoder concatenates cat_hidden_layers before the projector; the graph IO is unchanged",
 )
 ENTRIES = (GRANITE_SPEECH, GRANITE_SPEECH_PLUS)

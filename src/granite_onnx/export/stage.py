@@ -11,7 +11,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +27,10 @@ from ..checkpoint import (
 from ..errors import GraniteOnnxError
 from ..identity import make_export_id, set_export_id
 from ..layout import check_layout, share_llm_weights
+from ..registry import Entry
 from ..runtime.bundle import bundle_features, graph_file
 from ..runtime.features import FeatureConfig
+from ..runtime.prompt import PROMPTS_FILE, PromptStyle
 from ..runtime.sessions import open_session
 from ..sidecar import sidecar_name, write_with_sidecar
 from ..specs import (
@@ -92,6 +94,9 @@ class ExportOptions:
     # that is not there leaves the synthetic signals only, said in the report and in the progress lines.
     frontend_clips: str | None = "clips"
     frontend_compute: str = "float64"  # between its float32 input and output (see export/frontend.py)
+    # The default instruction the bundle records (granite_prompts.json); None: the registry entry's for
+    # this checkpoint's name.
+    prompt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +223,22 @@ def export_frontend(
     return report, check
 
 
+def prompt_style(entry: Entry, source: CheckpointSource, override: str | None = None) -> PromptStyle:
+    """The entry's prompt for this checkpoint (by its Hub id or fixture name, else its folder's name), with
+    ``--prompt`` replacing the default instruction."""
+    style = entry.prompt_style(source.model_id or Path(source.path).name)
+    if override is None:
+        return style
+    if not override.strip():
+        raise GraniteOnnxError("--prompt must not be empty: give the instruction the model should follow")
+    return replace(style, instruction=override, source="--prompt")
+
+
+def write_prompts(folder: Path, style: PromptStyle) -> None:
+    (folder / PROMPTS_FILE).write_text(json.dumps(style.to_json(), indent=2, ensure_ascii=False) + "\n")
+    (folder / PROMPTS_FILE).chmod(0o644)
+
+
 def source_json(source: CheckpointSource) -> dict:
     return {
         "path": str(source.path),
@@ -294,6 +315,7 @@ def export_bundle(
         if failed:
             raise ExportCheckError(f"{failed[0].item} fails {failed[0].check}: {failed[0].detail}")
         copied = copy_processor_files(source.path, stage, BUNDLE_CHECKPOINT_FILES)
+        write_prompts(stage, prompt_style(entry, source, options.prompt))
         result = ExportResult(
             out_dir=str(out_dir),
             source={**source_json(source), "family": entry.name},

@@ -27,7 +27,7 @@ from ..parity.report import FP32
 from ..parity.report import REPORT_FILE as PARITY_REPORT
 from ..runtime.bundle import REEXPORT, bundle_features, eos_ids, graph_file
 from ..runtime.features import min_audio_samples
-from ..runtime.prompt import DEFAULT_INSTRUCTION, PromptBuilder
+from ..runtime.prompt import PromptBuilder
 from ..sidecar import graph_tensors
 from ..specs import BUNDLE_GRAPHS, FRONTEND, ModelDims
 from ..userfiles import is_dir, is_file, json_kind, read_json_object
@@ -344,7 +344,7 @@ def describe_prompt(bundle: Path, config: dict) -> dict:
     the most ``n`` the positions allow with nothing generated."""
     builder = PromptBuilder(bundle)
     try:
-        text = builder.render(DEFAULT_INSTRUCTION)
+        text = builder.render()
     except jinja2.TemplateError as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         raise BundleError(f"the chat template of {bundle} does not render ({first}): export again") from exc
@@ -352,9 +352,14 @@ def describe_prompt(bundle: Path, config: dict) -> dict:
         max_positions = ModelDims.from_config(config).max_positions  # checks text_config for eos_ids
     except ValueError as exc:
         raise BundleError(f"{bundle / 'config.json'}: {exc}: {REEXPORT}") from exc
-    parts = builder.parts(DEFAULT_INSTRUCTION)
+    parts = builder.parts()
+    style = builder.style
     return {
-        "instruction": DEFAULT_INSTRUCTION,
+        "instruction": style.instruction,
+        "instruction_source": style.source,
+        "system": style.system,
+        "separator": style.separator,
+        "tasks": dict(style.tasks),
         "audio_placeholder": builder.audio_placeholder,
         "text": text,
         "prefix_ids": list(parts.prefix_ids),

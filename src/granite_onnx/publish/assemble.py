@@ -21,12 +21,13 @@ from ..metadata.card import render_card, reproduce_commands
 from ..metadata.schema import validate_metadata
 from ..metadata.stage import METADATA_FILE
 from ..parity.report import REPORT_FILE as PARITY_REPORT
+from ..runtime.prompt import PROMPTS_FILE
 from ..staging import staged_dir
 from ..userfiles import is_file, read_json_object
 from .checksums import MANIFEST, manifest_text
 
 CARRIED_SUFFIXES = (".onnx", ".onnx_data")
-CARRIED_FILES = (*BUNDLE_CHECKPOINT_FILES, "export_report.json", PARITY_REPORT)
+CARRIED_FILES = (*BUNDLE_CHECKPOINT_FILES, PROMPTS_FILE, "export_report.json", PARITY_REPORT)
 
 
 class GateRefusal(BundleError):

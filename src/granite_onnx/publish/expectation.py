@@ -15,11 +15,12 @@ from ..checkpoint import BUNDLE_CHECKPOINT_FILES
 from ..errors import BundleError
 from ..parity.metrics import near_tie_limit
 from ..parity.report import FP32, REPORT_FILE
+from ..runtime.prompt import PROMPTS_FILE
 from ..userfiles import is_dir, one_line, read_json_object
 from .checksums import sha256_file
 
 ARTEFACT_SUFFIXES = (".onnx", ".onnx_data")
-ARTEFACT_FILES = BUNDLE_CHECKPOINT_FILES
+ARTEFACT_FILES = (*BUNDLE_CHECKPOINT_FILES, PROMPTS_FILE)
 
 
 def snapshot(bundle: Path) -> dict:

@@ -20,7 +20,7 @@ from .audio import load_audio
 from .bundle import Bundle, graph_file
 from .features import audio_token_count, log_mel, min_audio_samples
 from .frontend import FRONTENDS, OnnxFrontend
-from .prompt import DEFAULT_INSTRUCTION, PromptBuilder
+from .prompt import PromptBuilder
 from .sessions import SharedWeights, open_session
 
 DEFAULT_MAX_NEW_TOKENS = 200
@@ -147,7 +147,7 @@ class SpeechPipeline:
         return step_feeds(self.bundle.dims.num_layers, token, kv)
 
     # --- decoding ------------------------------------------------------------------------
-    def prompt_ids(self, audio_tokens: int, instruction: str = DEFAULT_INSTRUCTION) -> np.ndarray:
+    def prompt_ids(self, audio_tokens: int, instruction: str | None = None) -> np.ndarray:
         return np.asarray([self.prompts.input_ids(audio_tokens, instruction)], dtype=np.int64)
 
     def check_length(self, prompt_tokens: int, max_new_tokens: int) -> None:
@@ -179,7 +179,7 @@ class SpeechPipeline:
         self,
         audio: np.ndarray,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-        instruction: str = DEFAULT_INSTRUCTION,
+        instruction: str | None = None,
     ) -> Transcript:
         start = time.perf_counter()
         expected = audio_token_count(len(audio), self.bundle.features)
@@ -205,10 +205,12 @@ class SpeechPipeline:
             seconds=time.perf_counter() - start,
         )
 
-    def transcribe_file(self, path: Path, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> Transcript:
+    def transcribe_file(
+        self, path: Path, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, instruction: str | None = None
+    ) -> Transcript:
         cfg = self.bundle.features
         audio = load_audio(path, cfg.sampling_rate, min_samples=min_audio_samples(cfg))
         try:
-            return self.transcribe_array(audio, max_new_tokens)
+            return self.transcribe_array(audio, max_new_tokens, instruction)
         except AudioError as exc:  # name the file: the array-level checks cannot
             raise AudioError(f"audio file {path}: {exc}") from exc

@@ -24,6 +24,60 @@ from ..userfiles import one_line, read_json_object
 AUDIO_PLACEHOLDER = "<|audio|>"
 DEFAULT_INSTRUCTION = "can you transcribe the speech into a written format?"
 _COPIED = "export again, it is copied from the checkpoint"
+# What the export decided about the prompt (granite_onnx.registry: the entry's system turn, the text between
+# the audio placeholder and the instruction, the default instruction and the tasks), beside the graphs.
+PROMPTS_FILE = "granite_prompts.json"
+ASR = "asr"
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """How a checkpoint's model card builds its prompts: an optional system turn, then one user turn of
+    ``placeholder + separator + instruction``; ``tasks`` maps ``transcribe --task`` names to instructions."""
+
+    instruction: str = DEFAULT_INSTRUCTION
+    system: str | None = None
+    separator: str = ""
+    tasks: tuple[tuple[str, str], ...] = ()
+    source: str = "granite-onnx default"  # why this instruction (a Hub id, the fixture, --prompt, ...)
+
+    def task_instruction(self, task: str) -> str:
+        if task == ASR:
+            return self.instruction
+        known = dict(self.tasks)
+        if task not in known:
+            choices = ", ".join([ASR, *known])
+            raise BundleError(f"this bundle's model has no task {task!r}; choose from {choices}")
+        return known[task]
+
+    def to_json(self) -> dict:
+        return {
+            "instruction": self.instruction,
+            "system": self.system,
+            "separator": self.separator,
+            "tasks": dict(self.tasks),
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict, where: Path) -> PromptStyle:
+        try:
+            tasks = data.get("tasks") or {}
+            style = cls(
+                instruction=data["instruction"],
+                system=data.get("system"),
+                separator=data.get("separator", ""),
+                tasks=tuple(tasks.items()),
+                source=data.get("source", "granite-onnx default"),
+            )
+        except (KeyError, AttributeError, TypeError) as exc:
+            raise BundleError(
+                f"{where} is not a prompt description ({type(exc).__name__}): export again"
+            ) from exc
+        texts = [style.instruction, style.separator, *(t for pair in style.tasks for t in pair)]
+        if not all(isinstance(t, str) for t in texts) or not isinstance(style.system, str | None):
+            raise BundleError(f"{where}: prompts must be strings: export again")
+        return style
 
 
 def _raise(message: str):
@@ -110,18 +164,30 @@ class PromptBuilder:
             raise BundleError(f"{path}: audio_token must be a non-empty string, got {token!r:.60}: {_COPIED}")
         return token
 
+    @cached_property
+    def style(self) -> PromptStyle:
+        """The bundle's ``granite_prompts.json`` (written by export), else the 4.0-style default."""
+        path = self.folder / PROMPTS_FILE
+        if not path.is_file():
+            return PromptStyle()
+        return PromptStyle.from_json(read_json_object(path, BundleError, "export again"), path)
+
     def special_token(self, key: str) -> str | None:
         value = self._tokenizer_config.get(key)
         return value.get("content") if isinstance(value, dict) else value
 
-    def render(self, instruction: str = DEFAULT_INSTRUCTION) -> str:
-        """The chat prompt text with one audio placeholder, as the model card's usage example builds it."""
-        messages = [{"role": "user", "content": f"{self.audio_placeholder}{instruction}"}]
+    def render(self, instruction: str | None = None) -> str:
+        """The chat prompt text with one audio placeholder, as the model card's usage example builds it
+        (``instruction`` None: the bundle's default)."""
+        style = self.style
+        text = style.instruction if instruction is None else instruction
+        messages = [{"role": "system", "content": style.system}] if style.system else []
+        messages.append({"role": "user", "content": f"{self.audio_placeholder}{style.separator}{text}"})
         template = _template_env().from_string(self.chat_template)
         tokens = {k: self.special_token(k) for k in ("bos_token", "eos_token", "pad_token")}
         return template.render(messages=messages, add_generation_prompt=True, **tokens)
 
-    def input_ids(self, audio_tokens: int, instruction: str = DEFAULT_INSTRUCTION) -> list[int]:
+    def input_ids(self, audio_tokens: int, instruction: str | None = None) -> list[int]:
         """Prompt ids with the placeholder repeated ``audio_tokens`` times (one per audio embedding)."""
         try:
             text = self.render(instruction)
@@ -136,7 +202,7 @@ class PromptBuilder:
         text = text.replace(self.audio_placeholder, self.audio_placeholder * audio_tokens)
         return self.tokenizer.encode(text).ids
 
-    def parts(self, instruction: str = DEFAULT_INSTRUCTION) -> PromptParts:
+    def parts(self, instruction: str | None = None) -> PromptParts:
         """Split the one-placeholder prompt's ids at the placeholder (see :class:`PromptParts`)."""
         audio_id = self.tokenizer.token_to_id(self.audio_placeholder)
         if audio_id is None:
@@ -151,7 +217,8 @@ class PromptBuilder:
                 f"not one: {_COPIED}"
             )
         at = where[0]
-        return PromptParts(instruction, tuple(ids[:at]), audio_id, tuple(ids[at + 1 :]))
+        text = self.style.instruction if instruction is None else instruction
+        return PromptParts(text, tuple(ids[:at]), audio_id, tuple(ids[at + 1 :]))
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
