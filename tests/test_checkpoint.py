@@ -54,9 +54,8 @@ BROKEN_FOLDERS: list[tuple[str, Callable[[Path], object], str]] = [
     ("config-not-json", lambda d: (d / "config.json").write_text("{model_type: "), "is not valid JSON"),
     ("config-not-object", lambda d: (d / "config.json").write_text("[1, 2]"), "model_type None"),
     ("wrong-model-type", lambda d: _edit_json(d / "config.json", model_type="llama"), "model_type 'llama'"),
-    ("lora-flag", lambda d: _edit_json(d / "config.json", has_lora_adapter=True), "LoRA checkpoints"),
-    ("lora-by-default", lambda d: _edit_json(d / "config.json", has_lora_adapter=None), "LoRA checkpoints"),
     ("adapter-config", lambda d: (d / "adapter_config.json").write_text("{}"), "LoRA checkpoints"),
+    ("adapter-weights", lambda d: (d / "adapter_model.safetensors").write_bytes(b""), "LoRA checkpoints"),
     ("no-weights", lambda d: (d / "model.safetensors").unlink(), "has no weights"),
     ("tokenizer-missing", lambda d: (d / "tokenizer.json").unlink(), "tokenizer.json is missing"),
     ("tokenizer-not-json", lambda d: (d / "tokenizer.json").write_text("nope"), "is not valid JSON"),
@@ -171,7 +170,7 @@ def test_load_reference_model_is_float32_eager_and_eval(tiny_ckpt: Path):
 
 
 def test_load_reference_model_validates_first(ckpt_copy: Path):
-    _edit_json(ckpt_copy / "config.json", has_lora_adapter=True)
+    (ckpt_copy / "adapter_config.json").write_text("{}")
     with pytest.raises(CheckpointError, match="LoRA"):
         load_reference_model(ckpt_copy)
 

@@ -62,6 +62,7 @@ def test_export_refuses_a_model_that_is_not_granite_speech(tiny_ckpt, tmp_path):
 
 def test_export_refuses_a_lora_checkpoint(tiny_ckpt, tmp_path):
     ckpt = _copy_ckpt(tiny_ckpt, tmp_path / "lora", has_lora_adapter=True)
+    (ckpt / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 64}')
     result = run("export", "--model-dir", str(ckpt), "--out-dir", str(tmp_path / "out"))
     assert_user_error(result, "LoRA")
     assert not (tmp_path / "out").exists()

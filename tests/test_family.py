@@ -243,3 +243,130 @@ def test_plus_runs_the_whole_pipeline(plus_bundle: Path, plus_ckpt: Path, tmp_pa
     dry = CliRunner().invoke(cli, ["publish", "--bundle", str(publish), "--repo-id", "me/plus", "--dry-run"])
     assert dry.exit_code == 0, dry.output
     assert "frontend.onnx" in dry.output and "decode_step_int8.onnx" in dry.output
+
+
+# --- prompts: from the entry, recorded in the bundle, overridable ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("entry", "name", "instruction", "default"),
+    [
+        (
+            GRANITE_SPEECH,
+            "ibm-granite/granite-speech-4.1-2b",
+            "transcribe the speech with proper punctuation",
+            False,
+        ),
+        (
+            GRANITE_SPEECH,
+            "ibm-granite/granite-4.0-1b-speech",
+            "can you transcribe the speech into a written",
+            True,
+        ),
+        (GRANITE_SPEECH, "checkpoint", "can you transcribe the speech into a written format?", True),
+        (
+            GRANITE_SPEECH_PLUS,
+            "ibm-granite/granite-speech-4.1-2b-plus",
+            "can you transcribe the speech",
+            False,
+        ),
+    ],
+)
+def test_the_entry_picks_the_model_cards_instruction(entry, name, instruction, default):
+    style = entry.prompt_style(name)
+    assert style.instruction.startswith(instruction)
+    assert ("default" in style.source) is default and name in style.source
+
+
+def test_the_plus_prompt_has_the_system_turn_and_a_space(plus_bundle: Path, plus_ckpt: Path):
+    from transformers import AutoTokenizer
+
+    from granite_onnx.registry import PLUS_SYSTEM
+    from granite_onnx.runtime.prompt import PromptBuilder
+
+    builder = PromptBuilder(plus_bundle)
+    assert builder.style.system == PLUS_SYSTEM and builder.style.separator == " "
+    tokenizer = AutoTokenizer.from_pretrained(plus_ckpt)
+    messages = [
+        {"role": "system", "content": PLUS_SYSTEM},
+        {"role": "user", "content": "<|audio|> can you transcribe the speech into a written format?"},
+    ]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert builder.render() == text
+    want = tokenizer(text.replace("<|audio|>", "<|audio|>" * 7))["input_ids"]
+    assert builder.input_ids(7) == want
+    parts = builder.parts()
+    assert parts.ids(7) == want and len(parts.prefix_ids) > 20  # the system turn is in the prefix
+
+
+def test_export_records_the_prompt_and_prompt_overrides_it(tiny_ckpt: Path, tmp_path: Path):
+    out = tmp_path / "bundle"
+    result = CliRunner().invoke(
+        cli, ["export", "--model-dir", str(tiny_ckpt), "--out-dir", str(out), "--prompt", "write it down."]
+    )
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((out / "granite_prompts.json").read_text())
+    assert recorded["instruction"] == "write it down." and recorded["source"] == "--prompt"
+    write_metadata(out)
+    meta = json.loads((out / "granite_export_metadata.json").read_text())
+    assert (
+        meta["prompt"]["instruction"] == "write it down."
+        and meta["prompt"]["instruction_source"] == "--prompt"
+    )
+    assert "write it down." in meta["prompt"]["text"]
+    line = _user_error(
+        ["export", "--model-dir", str(tiny_ckpt), "--out-dir", str(tmp_path / "b2"), "--prompt", " "]
+    )
+    assert "--prompt must not be empty" in line
+
+
+def test_transcribe_tasks_on_plus_parse_into_json(plus_bundle: Path):
+    for task, key in (("speakers", "turns"), ("timestamps", "words")):
+        result = CliRunner().invoke(
+            cli,
+            ["transcribe", "--bundle", str(plus_bundle), str(CLIPS / "jfk.flac"), "--task", task, "--json"]
+            + ["--max-new-tokens", "8"],
+        )
+        assert result.exit_code == 0, result.output
+        record = json.loads(result.output.strip().splitlines()[-1])
+        assert record["task"] == task and isinstance(record[key], list)
+    wrong = _user_error(
+        ["transcribe", "--bundle", str(plus_bundle), str(CLIPS / "jfk.flac"), "--task", "sing"]
+    )
+    assert "no task 'sing'; choose from asr, speakers, timestamps" in wrong
+
+
+def test_a_task_changes_the_prompt(plus_bundle: Path):
+    from granite_onnx.registry import SPEAKERS
+
+    pipeline = SpeechPipeline(plus_bundle)
+    asr = pipeline.prompt_ids(5)[0].tolist()
+    speakers = pipeline.prompt_ids(5, pipeline.prompts.style.task_instruction("speakers"))[0].tolist()
+    assert asr != speakers
+    assert SPEAKERS in pipeline.prompts.render(SPEAKERS)
+
+
+def test_speaker_and_timestamp_tags_parse():
+    from granite_onnx.runtime.tasks import parse_speakers, parse_timestamps, unwrap_centiseconds
+
+    assert parse_speakers("uh [Speaker 1]: hello there [Speaker 2]: hi") == [
+        {"speaker": None, "text": "uh"},
+        {"speaker": 1, "text": "hello there"},
+        {"speaker": 2, "text": "hi"},
+    ]
+    assert parse_speakers("no tags at all") == [{"speaker": None, "text": "no tags at all"}]
+    assert unwrap_centiseconds([45, 982, 30, 120, 999, 5]) == [45, 982, 1030, 1120, 1999, 2005]
+    words = parse_timestamps("hello [T:45] big world [T:982] again [T:30] _ [T:120] tail")
+    assert words == [
+        {"word": "hello", "end": 0.45},
+        {"word": "big", "end": 9.82},
+        {"word": "world", "end": 9.82},
+        {"word": "again", "end": 10.3},
+        {"word": "_", "end": 11.2},
+        {"word": "tail", "end": None},
+    ]
+    assert parse_timestamps("broken [T:] tag") == [
+        {"word": "broken", "end": None},
+        {"word": "[T:]", "end": None},
+        {"word": "tag", "end": None},
+    ]

@@ -46,6 +46,7 @@ def test_assembled_file_list_follows_the_contract(assembled):
         "preprocessor_config.json",
         "config.json",
         "generation_config.json",
+        "granite_prompts.json",
         "granite_export_metadata.json",
         "README.md",
         "LICENSE",

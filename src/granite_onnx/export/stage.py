@@ -278,6 +278,7 @@ def export_bundle(
         raise GraniteOnnxError(f"unknown graph(s) {sorted(unknown)}; choose from {', '.join(BUNDLE_GRAPHS)}")
     check_layout(options.layout)
     entry = checkpoint_entry(source.path)  # user mistakes fail here, before any work or output
+    style = prompt_style(entry, source, options.prompt)
     check_output_dir(Path(out_dir))
     say(f"hashing the files of {source.path} (an unchanged export is skipped)")
     stamp = export_stamp(source, options)
@@ -315,7 +316,7 @@ def export_bundle(
         if failed:
             raise ExportCheckError(f"{failed[0].item} fails {failed[0].check}: {failed[0].detail}")
         copied = copy_processor_files(source.path, stage, BUNDLE_CHECKPOINT_FILES)
-        write_prompts(stage, prompt_style(entry, source, options.prompt))
+        write_prompts(stage, style)
         result = ExportResult(
             out_dir=str(out_dir),
             source={**source_json(source), "family": entry.name},

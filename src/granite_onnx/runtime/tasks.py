@@ -1,7 +1,8 @@
 """Parse the tagged transcripts of 4.1-2b-plus's tasks (``transcribe --task speakers|timestamps``).
 
 - ``speakers``: ``[Speaker 1]: hello there [Speaker 2]: hi`` -> turns such as
-  ``{"speaker": 1, "text": "hello there"}``; text before the first tag belongs to no speaker (``speaker`` None).
+  ``{"speaker": 1, "text": "hello there"}``; text before the first tag belongs to no speaker
+  (``speaker`` None).
 - ``timestamps``: ``hello [T:45] world [T:82]`` -> words with their end time. N is in centiseconds and the
   model writes it modulo 1000 (it wraps every 10 s), so a value smaller than the one before it starts the
   next 10 s: the times are unwrapped into seconds from the start. ``_`` marks silence and is kept as a word.
