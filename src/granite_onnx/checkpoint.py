@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from granite_onnx.errors import CheckpointError
+from granite_onnx.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraSpec, base_view, merge_lora, read_lora
 from granite_onnx.registry import entry_for_config, entry_of_fixture
 from granite_onnx.userfiles import exists, is_dir, is_file, json_kind, read_json
 
@@ -30,7 +31,6 @@ TRAINED_MODEL = "trained"
 TRAINED_DIR = Path(__file__).resolve().parent / "assets" / "trained"
 AUDIO_TOKEN = "<|audio|>"
 EXAMPLE_MODEL_ID = "ibm-granite/granite-speech-4.1-2b"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 
 # transformers' defaults, for configs that leave the key out.
 DEFAULT_AUDIO_TOKEN_INDEX = 49155  # GraniteSpeechConfig
@@ -52,8 +52,8 @@ WEIGHT_PATTERNS = (
     "model.safetensors.index.json",
     "pytorch_model.bin.index.json",
 )
-# What a Hub download fetches: enough to validate, export and tokenise. adapter_config.json is small and
-# lets validation recognise a LoRA checkpoint; the adapter weights themselves are left behind.
+# What a Hub download fetches: enough to validate, export and tokenise, with a 3.3-style LoRA adapter's
+# config and weights (the export merges them).
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library refuses larger headers too
 REDOWNLOAD = "re-download the checkpoint"
@@ -62,7 +62,8 @@ HUB_ALLOW_PATTERNS = (
     "generation_config.json",
     "model*.safetensors",
     "model.safetensors.index.json",
-    "adapter_config.json",
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
     *PROCESSOR_FILES,
 )
 
@@ -98,7 +99,7 @@ def resolve_checkpoint(
             raise _error(f"--revision does not apply to --model {model} (the built-in checkpoint has none)")
         from granite_onnx.fixtures import fixture_spec, tiny_checkpoint_dir
 
-        path = tiny_checkpoint_dir(fixture_spec(fixture.model_type))
+        path = tiny_checkpoint_dir(fixture_spec(model))
         return CheckpointSource(path=path, model_id=model, is_fixture=True)
     if model == TRAINED_MODEL:
         if revision is not None:
@@ -285,14 +286,9 @@ def validate_checkpoint(path: Path) -> dict[str, Any]:
     entry_for_config(config, config_path)  # one line naming the supported architectures otherwise
 
     # The adapter files decide, not the config's has_lora_adapter: transformers enables an adapter only when
-    # one is loaded, and 4.1-2b-plus-style configs set the flag with no adapter to load.
-    adapter = next((path / name for name in ADAPTER_FILES if exists(path / name)), None)
-    if adapter is not None:
-        raise _error(
-            f"{adapter}: Granite Speech 3.3-style LoRA checkpoints are not supported yet (speech needs the "
-            f"adapter merged into the LLM, which granite-onnx does not do yet); use a checkpoint without "
-            f"adapter files, such as {EXAMPLE_MODEL_ID}"
-        )
+    # one is loaded, and 4.1-2b-plus-style configs set the flag with no adapter to load. A 3.3-style adapter
+    # is validated here (plain LoRA on the LLM's linear layers) and merged by the export.
+    read_lora(path)
 
     if not _has_weights(path):
         raise _error(
@@ -374,5 +370,29 @@ def load_reference_model(path: Path) -> GraniteSpeechForConditionalGeneration:
     import transformers
 
     model_class = getattr(transformers, entry.model_class)
-    model = model_class.from_pretrained(Path(path), dtype=torch.float32, attn_implementation="eager")
+    model = model_class.from_pretrained(str(path), dtype=torch.float32, attn_implementation="eager")
+    if read_lora(path) is not None and not getattr(model, "_hf_peft_config_loaded", False):
+        # transformers without peft loads a LoRA checkpoint silently without its adapter: parity would then
+        # pass against the wrong model.
+        raise _error(
+            f"{Path(path) / ADAPTER_CONFIG}: transformers did not attach the adapter (is peft installed? "
+            "pip install 'granite-onnx[export]')"
+        )
     return model.eval()
+
+
+def load_export_model(path: Path) -> tuple[GraniteSpeechForConditionalGeneration, LoraSpec | None]:
+    """The model the export traces: the reference's weights, with a LoRA adapter merged into the LLM
+    (``W += alpha / r * B @ A``) instead of attached, so the graphs hold plain weights."""
+    entry = checkpoint_entry(path)
+    spec = read_lora(path)
+    if spec is None:
+        return load_reference_model(path), None
+    import torch
+    import transformers
+
+    model_class = getattr(transformers, entry.model_class)
+    with base_view(path) as base:  # the base weights alone: peft would attach the adapter itself
+        model = model_class.from_pretrained(base, dtype=torch.float32, attn_implementation="eager")
+    merge_lora(model, Path(path), spec)
+    return model.eval(), spec

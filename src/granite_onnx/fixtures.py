@@ -100,6 +100,10 @@ class TinySpec:
     # in place into the very tensor that was kept: the case an export must not alias away.
     family: str = "granite_speech"
     cat_hidden_layers: tuple[int, ...] = (1,)
+    # A 3.3-style LoRA adapter (adapter_config.json + adapter_model.safetensors beside the base) when > 0.
+    lora_rank: int = 0
+    lora_alpha: float = 2.0
+    lora_b_std: float = 0.5
     # transformers initialises Linear weights with std 0.02: attention is then uniform, the prompt's
     # last position sees only the mean of the audio, and every clip decodes to the same text. Each
     # Linear weight is redrawn with std weight_gain / sqrt(fan_in) and the LLM embeddings with std 1,
@@ -180,9 +184,17 @@ TINY_PLUS = TinySpec(
 )
 
 
-def fixture_spec(family: str) -> TinySpec:
-    """The TinySpec of a registry entry's tiny random checkpoint (``--model tiny`` / ``tiny-plus``)."""
-    return TINY_PLUS if family == TINY_PLUS.family else TinySpec(family=family)
+# The tiny granite_speech with a 3.3-style LoRA adapter on the LLM's q_proj and v_proj, alpha / r = 0.5 as in
+# 3.3 (r 64, alpha 32). peft starts lora_B at zero, which would make the merge a no-op: it is redrawn, large
+# enough that the adapter changes the transcript (a reference that lost its adapter must fail parity):
+# measured, with lora_B std 0.5 the first-step logits moved by 0.2 and 30 greedy tokens did not change; with
+# 2.0 jfk and librispeech leave the base model's tokens at steps 4 and 6.
+TINY_LORA = TinySpec(lora_rank=4, lora_alpha=2.0, lora_b_std=2.0)
+
+
+def fixture_spec(name: str) -> TinySpec:
+    """The TinySpec of ``--model name`` (registry.FIXTURES: tiny, tiny-plus, tiny-lora)."""
+    return {"tiny-plus": TINY_PLUS, "tiny-lora": TINY_LORA}.get(name, TinySpec())
 
 
 def build_tokenizer(spec: TinySpec = TinySpec(), corpus: tuple[str, ...] = TRAINING_CORPUS):
@@ -368,12 +380,44 @@ def _write_checkpoint_files(folder: Path, spec: TinySpec) -> None:
     if token_ids[AUDIO_TOKEN] != spec.audio_token_index or len(tokenizer) != spec.vocab_size:
         raise AssertionError(f"tokenizer has {len(tokenizer)} ids and <|audio|>={token_ids[AUDIO_TOKEN]}")
     config = build_config(spec, token_ids)
+    if spec.lora_rank:
+        config.has_lora_adapter = True  # as 3.3's config says
     model = build_model(spec, config)
     model.save_pretrained(folder, safe_serialization=True)
+    if spec.lora_rank:  # after the base: saving a model with an adapter attached writes a broken base
+        _write_adapter(model, folder, spec)
     tokenizer._set_processor_class(PROCESSOR_CLASS)  # what the processor's save_pretrained records
     tokenizer.save_pretrained(folder)
     _write_json(folder / "preprocessor_config.json", preprocessor_config(spec))
     _write_json(folder / "processor_config.json", processor_config(spec))
+
+
+def _write_adapter(model, folder: Path, spec: TinySpec) -> None:
+    """Attach a LoRA adapter with peft, redraw its lora_B (peft starts it at zero, a no-op merge), and write
+    only its two files into ``folder``, as 3.3 checkpoints ship them."""
+    import tempfile
+
+    import torch
+    from peft import LoraConfig
+
+    model.add_adapter(
+        LoraConfig(
+            r=spec.lora_rank,
+            lora_alpha=spec.lora_alpha,
+            target_modules=["q_proj", "v_proj"],
+            lora_dropout=0.0,
+        )
+    )
+    generator = torch.Generator().manual_seed(spec.seed + 2)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * spec.lora_b_std)
+    model.peft_config["default"].base_model_name_or_path = None
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copyfile(Path(tmp) / name, folder / name)
 
 
 def write_tiny_checkpoint(out_dir: Path, spec: TinySpec = TinySpec()) -> Path:

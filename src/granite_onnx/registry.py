@@ -172,6 +172,11 @@ def entry_named(name: str) -> Entry:
     raise KeyError(name)
 
 
+# The tiny random checkpoints (`--model NAME`): each entry's own, plus granite_speech with a 3.3-style LoRA.
+FIXTURES = {**{e.fixture: e.model_type for e in ENTRIES}, "tiny-lora": GRANITE_SPEECH.model_type}
+
+
 def entry_of_fixture(model: str) -> Entry | None:
-    """The entry whose tiny random checkpoint is ``--model model`` (tiny, tiny-plus), else None."""
-    return next((e for e in ENTRIES if e.fixture == model), None)
+    """The entry of the tiny random checkpoint ``--model model`` (tiny, tiny-plus, tiny-lora), else None."""
+    family = FIXTURES.get(model)
+    return entry_named(family) if family else None

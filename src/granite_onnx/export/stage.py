@@ -22,7 +22,7 @@ from ..checkpoint import (
     CheckpointSource,
     checkpoint_entry,
     copy_processor_files,
-    load_reference_model,
+    load_export_model,
 )
 from ..errors import GraniteOnnxError
 from ..identity import make_export_id, set_export_id
@@ -288,7 +288,9 @@ def export_bundle(
     # Only what changes the graphs' bytes: a --graph subset or --no-check run gets the same id.
     export_id = make_export_id(stamp.inputs, {"length_patches": options.length_patches}, versions())
     say(f"loading {source.path}")
-    model = load_reference_model(source.path)
+    model, lora = load_export_model(source.path)
+    if lora is not None:
+        say(f"merged the LoRA adapter (r {lora.rank}, alpha {lora.alpha:g}) into {', '.join(lora.targets)}")
     dims = ModelDims.from_config(model.config.to_dict())
     specs = graph_specs(dims)
     with staged_dir(Path(out_dir)) as stage:
@@ -319,7 +321,7 @@ def export_bundle(
         write_prompts(stage, style)
         result = ExportResult(
             out_dir=str(out_dir),
-            source={**source_json(source), "family": entry.name},
+            source={**source_json(source), "family": entry.name, "lora": lora.to_json() if lora else None},
             graphs=tuple(reports),
             copied_files=tuple(sorted(copied)),
             seconds=round(time.perf_counter() - start, 3),

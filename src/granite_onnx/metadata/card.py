@@ -302,12 +302,26 @@ def fixture_paragraph(meta: dict) -> str:
     return f"{recipe}\n\n{use}"
 
 
+def lora_sentence(meta: dict) -> str:
+    """A merged 3.3-style adapter: what was merged, and that the bundle is speech-only."""
+    lora = meta["source_model"].get("lora")
+    if not lora:
+        return ""
+    return (
+        f"The checkpoint's LoRA adapter (r {lora['rank']}, alpha {lora['alpha']:g} on "
+        f"{', '.join(lora['targets'])}) is merged into the LLM's weights (W += alpha / r * B @ A). transformers' "
+        "`generate()` enables it whenever audio is present, so this is what speech recognition runs; the "
+        "bundle is **speech-only** (a text-only prompt would need the base weights)."
+    )
+
+
 def intro(meta: dict) -> str:
     exporter = meta["toolchain"]["exporter"]
     domains = sorted({d for g in fp32_graphs(meta) for d in g["domains"]})
     parts = [
         title(meta),
         f"{origin_sentence(meta)} {measured_sentence(meta)}",
+        lora_sentence(meta),
         fixture_paragraph(meta),
         f"Made with granite-onnx {meta['toolchain'].get('granite-onnx')}"
         + (

@@ -305,6 +305,7 @@ def describe_source(source: dict, config_path: Path) -> dict:
         "config_sha256": file_facts(config_path)["sha256"],
         "kind": kind,
         "family": source.get("family"),  # the registry entry (granite_onnx.registry) the export used
+        "lora": source.get("lora"),  # a 3.3-style adapter merged into the LLM (the bundle is speech-only)
     }
     if kind == TRAINED_FIXTURE:  # the recipe ships with the package, beside the fixture's weights
         described["training"] = training_summary(TRAINED_DIR)
