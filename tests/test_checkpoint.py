@@ -54,8 +54,16 @@ BROKEN_FOLDERS: list[tuple[str, Callable[[Path], object], str]] = [
     ("config-not-json", lambda d: (d / "config.json").write_text("{model_type: "), "is not valid JSON"),
     ("config-not-object", lambda d: (d / "config.json").write_text("[1, 2]"), "model_type None"),
     ("wrong-model-type", lambda d: _edit_json(d / "config.json", model_type="llama"), "model_type 'llama'"),
-    ("adapter-config", lambda d: (d / "adapter_config.json").write_text("{}"), "LoRA checkpoints"),
-    ("adapter-weights", lambda d: (d / "adapter_model.safetensors").write_bytes(b""), "LoRA checkpoints"),
+    (
+        "adapter-config",
+        lambda d: (d / "adapter_config.json").write_text("{}"),
+        "adapter_model.safetensors is missing",
+    ),
+    (
+        "adapter-weights",
+        lambda d: (d / "adapter_model.safetensors").write_bytes(b""),
+        "but no adapter_config.json",
+    ),
     ("no-weights", lambda d: (d / "model.safetensors").unlink(), "has no weights"),
     ("tokenizer-missing", lambda d: (d / "tokenizer.json").unlink(), "tokenizer.json is missing"),
     ("tokenizer-not-json", lambda d: (d / "tokenizer.json").write_text("nope"), "is not valid JSON"),
@@ -133,7 +141,8 @@ def test_resolve_hub_id_downloads_only_what_export_needs(tiny_ckpt: Path, monkey
     assert (repo_id, revision) == ("ibm-granite/granite-speech-4.1-2b", "main")
     needed = {"config.json", "model*.safetensors", "tokenizer.json", "preprocessor_config.json"}
     assert needed <= set(patterns)
-    assert "*.bin" not in patterns and "adapter_model.safetensors" not in patterns
+    assert "*.bin" not in patterns
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(patterns)  # a 3.3 adapter is merged
 
 
 def test_resolve_hub_id_offline_suggests_model_dir(monkeypatch: pytest.MonkeyPatch):
@@ -171,7 +180,7 @@ def test_load_reference_model_is_float32_eager_and_eval(tiny_ckpt: Path):
 
 def test_load_reference_model_validates_first(ckpt_copy: Path):
     (ckpt_copy / "adapter_config.json").write_text("{}")
-    with pytest.raises(CheckpointError, match="LoRA"):
+    with pytest.raises(CheckpointError, match="adapter_model.safetensors is missing"):
         load_reference_model(ckpt_copy)
 
 

@@ -60,11 +60,13 @@ def test_export_refuses_a_model_that_is_not_granite_speech(tiny_ckpt, tmp_path):
     assert no_leftovers(tmp_path) == []
 
 
-def test_export_refuses_a_lora_checkpoint(tiny_ckpt, tmp_path):
+def test_export_refuses_a_lora_adapter_it_cannot_merge(tiny_ckpt, tmp_path):
     ckpt = _copy_ckpt(tiny_ckpt, tmp_path / "lora", has_lora_adapter=True)
-    (ckpt / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 64}')
+    config = {"peft_type": "LORA", "r": 64, "lora_alpha": 32, "target_modules": ["q_proj"], "use_dora": True}
+    (ckpt / "adapter_config.json").write_text(json.dumps(config))
+    (ckpt / "adapter_model.safetensors").write_bytes(b"")
     result = run("export", "--model-dir", str(ckpt), "--out-dir", str(tmp_path / "out"))
-    assert_user_error(result, "LoRA")
+    assert_user_error(result, "use_dora is set")
     assert not (tmp_path / "out").exists()
 
 

@@ -108,7 +108,7 @@ def read_lora(folder: Path) -> LoraSpec | None:
     outside = [t for t in targets if t not in LLM_LINEAR]
     if outside:
         raise _refuse(path, f"target_modules {outside} are outside the LLM's linear layers {LLM_LINEAR}")
-    return LoraSpec(rank, float(alpha), tuple(targets))
+    return LoraSpec(rank, float(alpha), tuple(sorted(targets)))  # peft stores a set: any order
 
 
 def base_view(folder: Path) -> tempfile.TemporaryDirectory:

@@ -310,8 +310,8 @@ def lora_sentence(meta: dict) -> str:
     return (
         f"The checkpoint's LoRA adapter (r {lora['rank']}, alpha {lora['alpha']:g} on "
         f"{', '.join(lora['targets'])}) is merged into the LLM's weights (W += alpha / r * B @ A). "
-        "transformers' `generate()` enables it whenever audio is present, so this is what speech recognition runs; the "
-        "bundle is **speech-only** (a text-only prompt would need the base weights)."
+        "transformers' `generate()` enables it whenever audio is present, so this is what speech recognition "
+        "runs; the bundle is **speech-only** (a text-only prompt would need the base weights)."
     )
 
 
