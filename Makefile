@@ -1,5 +1,6 @@
 # granite-onnx: `make all` runs the pipeline on the built-in tiny checkpoint; `make test` runs the suite.
-# MODEL selects the checkpoint: `tiny` (built in), a Hub id, or MODEL_DIR=/path/to/checkpoint.
+# MODEL selects the checkpoint: `tiny` (built in; `tiny-plus`, `tiny-lora` for the other family entries),
+# `trained`, a Hub id, or MODEL_DIR=/path/to/checkpoint.
 
 PYTHON ?= python3
 VENV ?= .venv
