@@ -91,3 +91,16 @@ def quantised_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory
     for tier in DEFAULT_TIERS:
         quantise_bundle(bundle, tier, QuantiseOptions(clips=CLIPS))
     return bundle
+
+
+def family_checkpoint(tmp_path_factory: pytest.TempPathFactory, name: str) -> tuple[Path, Path]:
+    """A registry fixture's tiny checkpoint (``--model name``: tiny-plus, tiny-lora) and its exported bundle,
+    written under the session's temporary folder (read-only for tests)."""
+    from granite_onnx.checkpoint import CheckpointSource
+    from granite_onnx.export.stage import export_bundle
+    from granite_onnx.fixtures import fixture_spec, write_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp(name)
+    ckpt = write_tiny_checkpoint(root / "checkpoint", fixture_spec(name))
+    export_bundle(CheckpointSource(ckpt), root / name)
+    return ckpt, root / name

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import CLIPS
+from conftest import CLIPS, family_checkpoint
 from safetensors import safe_open
 
 from granite_onnx.checkpoint import CheckpointSource, load_reference_model, validate_checkpoint
@@ -127,15 +127,18 @@ def test_a_patch_that_matches_nothing_fails_the_export(tiny_model, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def plus_ckpt(tmp_path_factory) -> Path:
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("plus") / "checkpoint", TINY_PLUS)
+def plus(tmp_path_factory) -> tuple[Path, Path]:
+    return family_checkpoint(tmp_path_factory, "tiny-plus")
 
 
 @pytest.fixture(scope="module")
-def plus_bundle(plus_ckpt: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("plus-bundle") / "tiny-plus"
-    export_bundle(CheckpointSource(plus_ckpt), out)
-    return out
+def plus_ckpt(plus) -> Path:
+    return plus[0]
+
+
+@pytest.fixture(scope="module")
+def plus_bundle(plus) -> Path:
+    return plus[1]
 
 
 def test_the_plus_checkpoint_is_what_4_1_2b_plus_is(plus_ckpt: Path):

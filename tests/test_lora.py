@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CLIPS
+from conftest import CLIPS, family_checkpoint
 from safetensors import safe_open
 
 from granite_onnx.checkpoint import (
@@ -26,8 +26,6 @@ from granite_onnx.checkpoint import (
     validate_checkpoint,
 )
 from granite_onnx.errors import CheckpointError
-from granite_onnx.export.stage import export_bundle
-from granite_onnx.fixtures import TINY_LORA, write_tiny_checkpoint
 from granite_onnx.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, base_view, read_lora
 from granite_onnx.metadata.stage import write_metadata
 from granite_onnx.parity.harness import ParityOptions, run_parity
@@ -41,15 +39,18 @@ TOKENS = 24
 
 
 @pytest.fixture(scope="module")
-def lora_ckpt(tmp_path_factory) -> Path:
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("lora") / "checkpoint", TINY_LORA)
+def lora(tmp_path_factory) -> tuple[Path, Path]:
+    return family_checkpoint(tmp_path_factory, "tiny-lora")
 
 
 @pytest.fixture(scope="module")
-def lora_bundle(lora_ckpt: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("lora-bundle") / "tiny-lora"
-    export_bundle(CheckpointSource(lora_ckpt), out)
-    return out
+def lora_ckpt(lora) -> Path:
+    return lora[0]
+
+
+@pytest.fixture(scope="module")
+def lora_bundle(lora) -> Path:
+    return lora[1]
 
 
 def _copy(ckpt: Path, tmp_path: Path) -> Path:
