@@ -104,3 +104,38 @@ def family_checkpoint(tmp_path_factory: pytest.TempPathFactory, name: str) -> tu
     ckpt = write_tiny_checkpoint(root / "checkpoint", fixture_spec(name))
     export_bundle(CheckpointSource(ckpt), root / name)
     return ckpt, root / name
+
+
+def run_whole_pipeline(bundle: Path, ckpt: Path, ungated: tuple[str, ...] = ()) -> dict:
+    """Every default quantise tier, parity (12 tokens), metadata and card, verify, bundle and publish
+    --dry-run on ``bundle`` (a writable copy), asserting each step; returns the metadata."""
+    import json
+
+    from click.testing import CliRunner
+
+    from granite_onnx.checkpoint import CheckpointSource
+    from granite_onnx.cli import cli
+    from granite_onnx.metadata.stage import write_metadata
+    from granite_onnx.parity.harness import ParityOptions, run_parity
+    from granite_onnx.quantise.stage import QuantiseOptions, quantise_bundle
+    from granite_onnx.quantise.tiers import DEFAULT_TIERS
+    from granite_onnx.verify import verify_bundle
+
+    for tier in DEFAULT_TIERS:
+        quantise_bundle(bundle, tier, QuantiseOptions(clips=CLIPS))
+    # Random weights: quantised tiers are gated on diverging from PyTorch only at its near-ties, with the
+    # token budget `make all` uses (the near-tie limit is a percentile of the margins of those steps).
+    options = ParityOptions(max_new_tokens=200, ungated=ungated, quantised_gate="near-tie")
+    report = run_parity(bundle, CheckpointSource(ckpt), CLIPS, options)
+    report.write(bundle)
+    assert report.passed, report.failed_gates()
+    assert set(report.tiers) == {"fp32", *DEFAULT_TIERS}
+    write_metadata(bundle)
+    failed = [c for c in verify_bundle(bundle) if not c.ok]
+    assert not failed, failed
+    publish = bundle.parent / f"{bundle.name}-publish"
+    assert CliRunner().invoke(cli, ["bundle", "--bundle", str(bundle), "--dest", str(publish)]).exit_code == 0
+    dry = CliRunner().invoke(cli, ["publish", "--bundle", str(publish), "--repo-id", "me/model", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "frontend.onnx" in dry.output and "decode_step_int8.onnx" in dry.output
+    return json.loads((bundle / "granite_export_metadata.json").read_text())

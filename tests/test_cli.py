@@ -139,6 +139,11 @@ def test_fixture_command_writes_a_loadable_checkpoint(tmp_path):
     assert result.exit_code == 0, result.output
     assert validate_checkpoint(tmp_path / "tiny")["model_type"] == "granite_speech"
     assert (tmp_path / "tiny" / "model.safetensors").is_file()
+    result = run("fixture", str(tmp_path / "plus"), "--model", "tiny-plus")
+    assert result.exit_code == 0, result.output
+    assert validate_checkpoint(tmp_path / "plus")["model_type"] == "granite_speech_plus"
+    assert run("fixture", str(tmp_path / "lora"), "--model", "tiny-lora").exit_code == 0
+    assert (tmp_path / "lora" / "adapter_config.json").is_file()
 
 
 def test_export_cli_writes_the_bundle(tiny_ckpt, tmp_path):

@@ -16,19 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CLIPS, family_checkpoint
+from conftest import CLIPS, family_checkpoint, run_whole_pipeline
 from safetensors import safe_open
 
 from granite_onnx.checkpoint import (
-    CheckpointSource,
     load_export_model,
     load_reference_model,
     validate_checkpoint,
 )
 from granite_onnx.errors import CheckpointError
 from granite_onnx.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, base_view, read_lora
-from granite_onnx.metadata.stage import write_metadata
-from granite_onnx.parity.harness import ParityOptions, run_parity
 from granite_onnx.parity.reference import greedy
 from granite_onnx.runtime.audio import load_audio
 from granite_onnx.runtime.features import audio_token_count, log_mel
@@ -176,14 +173,10 @@ def test_onnx_greedy_equals_generate_with_the_adapter_and_not_without(lora_bundl
     assert without.token_ids != want.token_ids  # the adapter matters to the transcript
 
 
-def test_parity_and_metadata_say_merged_and_speech_only(lora_bundle, lora_ckpt, tmp_path):
-    bundle = tmp_path / "b"
+def test_the_whole_pipeline_says_merged_and_speech_only(lora_bundle, lora_ckpt, tmp_path):
+    bundle = tmp_path / "tiny-lora"
     shutil.copytree(lora_bundle, bundle)
-    report = run_parity(bundle, CheckpointSource(lora_ckpt), CLIPS, ParityOptions(max_new_tokens=12))
-    assert report.passed, report.failed_gates()
-    report.write(bundle)
-    write_metadata(bundle)
-    meta = json.loads((bundle / "granite_export_metadata.json").read_text())
+    meta = run_whole_pipeline(bundle, lora_ckpt)  # every tier gated here
     lora = meta["source_model"]["lora"]
     assert lora == {
         "merged": True,

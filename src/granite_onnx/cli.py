@@ -173,15 +173,25 @@ def export(model_dir, model, revision, out_dir, graphs, no_check, clips_dir, pro
 @cli.command()
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
-def fixture(out_dir: Path, seed: int) -> None:
-    """Write the built-in tiny Granite Speech checkpoint as a Hugging Face folder."""
+@click.option(
+    "--model",
+    "name",
+    type=click.Choice(["tiny", "tiny-plus", "tiny-lora"]),
+    default="tiny",
+    show_default=True,
+    help="Which family entry's tiny checkpoint (4.1-2b-plus, or granite_speech with a 3.3-style LoRA).",
+)
+def fixture(out_dir: Path, seed: int, name: str) -> None:
+    """Write a built-in tiny Granite Speech checkpoint as a Hugging Face folder."""
     _require_export_extra()
-    from .fixtures import TinySpec, write_tiny_checkpoint
+    from dataclasses import replace
+
+    from .fixtures import fixture_spec, write_tiny_checkpoint
     from .staging import check_output_dir
 
     check_output_dir(out_dir)
-    path = write_tiny_checkpoint(out_dir, TinySpec(seed=seed))
-    click.echo(f"wrote tiny checkpoint to {path}")
+    path = write_tiny_checkpoint(out_dir, replace(fixture_spec(name), seed=seed))
+    click.echo(f"wrote {name} checkpoint to {path}")
 
 
 @cli.command()

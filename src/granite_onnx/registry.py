@@ -3,8 +3,10 @@
 A checkpoint's ``config.json`` (``model_type``, ``architectures``, and what marks remote code) picks its
 entry, and the entry declares what the stages need to know about it: the transformers class the PyTorch
 reference is built from, the class-name prefix the export patches bind to (4.1-2b-plus renames every
-encoder class), whether the head is tied, the graphs and the decode loop, and the ``--model`` name of its
-tiny test checkpoint. A new architecture is a new entry, not a branch in a stage.
+encoder class), whether the head is tied, the prompt style per checkpoint name, and the ``--model`` name
+of its tiny test checkpoint. Every entry so far exports the same graphs (specs.GRAPH_NAMES) and decodes
+autoregressively; a CTC entry will add its own graph set and decode loop here. A new architecture is a new
+entry, not a branch in a stage.
 
 Architectures the family has but this toolchain does not export are listed too, each with the one line a
 user gets instead (3.2's remote code, the NAR model transformers 5.23 lacks, and the ones still to come).
@@ -18,9 +20,6 @@ from pathlib import Path
 
 from .errors import CheckpointError
 from .runtime.prompt import PromptStyle
-from .specs import GRAPH_NAMES
-
-AUTOREGRESSIVE = "autoregressive"
 
 # The model cards' prompts (IBM's granite_speech/prompts.py and the cards' examples).
 INSTRUCTION_4_0 = "can you transcribe the speech into a written format?"
@@ -53,8 +52,6 @@ class Entry:
     # (fragment of the checkpoint's name, its prompt style): the first fragment found in the Hub id or the
     # folder's name wins; the last, with fragment "", is the entry's default.
     styles: tuple[tuple[str, PromptStyle], ...] = ()
-    graphs: tuple[str, ...] = GRAPH_NAMES
-    decode: str = AUTOREGRESSIVE
     notes: str = ""
 
     def prompt_style(self, name: str) -> PromptStyle:
