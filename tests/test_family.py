@@ -229,7 +229,10 @@ def test_plus_runs_the_whole_pipeline(plus_bundle: Path, plus_ckpt: Path, tmp_pa
         bundle, plus_ckpt, ungated=("int8", "int8s", "int8w")
     )  # fixtures.TINY_PLUS: why
     assert meta["source_model"]["family"] == "granite-speech-plus"
-    assert "granite-speech-plus" in (bundle / "README.md").read_text()
+    card = (bundle / "README.md").read_text()
+    assert "granite-speech-plus" in card
+    assert "Other tasks (`granite-onnx transcribe --task NAME`): `speakers`" in card
+    assert meta["prompt"]["system"] and meta["prompt"]["separator"] == " "
 
 
 # --- prompts: from the entry, recorded in the bundle, overridable ----------------------------------

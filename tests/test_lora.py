@@ -177,6 +177,7 @@ def test_the_whole_pipeline_says_merged_and_speech_only(lora_bundle, lora_ckpt, 
     bundle = tmp_path / "tiny-lora"
     shutil.copytree(lora_bundle, bundle)
     meta = run_whole_pipeline(bundle, lora_ckpt)  # every tier gated here
+    assert meta["source_model"]["lora_merged"] is True
     lora = meta["source_model"]["lora"]
     assert lora == {
         "merged": True,

@@ -481,19 +481,31 @@ def _token_text(value) -> str:
     return ", ".join(str(v) for v in value) if isinstance(value, list) else str(value)
 
 
+def prompt_choice(prompt: dict) -> str:
+    """Why this instruction (granite_prompts.json), and the other tasks the model's card offers."""
+    if "instruction_source" not in prompt:
+        return ""
+    text = f"Default instruction chosen by: {prompt['instruction_source']}."
+    tasks = prompt.get("tasks") or {}
+    if tasks:
+        listed = "; ".join(f"`{name}`: {instruction!r}" for name, instruction in tasks.items())
+        text += f" Other tasks (`granite-onnx transcribe --task NAME`): {listed}."
+    return text + " `granite-onnx transcribe --prompt TEXT` runs another instruction."
+
+
 def prompt_section(meta: dict) -> str:
     ids, prompt = meta["token_ids"], meta["prompt"]
     rows = [[name, _token_text(ids[name])] for name in ("audio", "bos", "eos", "pad")]
-    return "\n\n".join(
-        [
-            "## Prompt and token ids",
-            table(["token", "id"], rows),
-            f"Instruction: {prompt['instruction']!r}. The rendered chat prompt (the placeholder "
-            f"`{prompt['audio_placeholder']}` is repeated once per audio embedding before tokenizing):",
-            fenced(prompt["text"]),
-            "Transcribe with onnxruntime alone (no torch): `granite-onnx transcribe --bundle . audio.flac`.",
-        ]
-    )
+    parts = [
+        "## Prompt and token ids",
+        table(["token", "id"], rows),
+        prompt_choice(prompt),
+        f"Instruction: {prompt['instruction']!r}. The rendered chat prompt (the placeholder "
+        f"`{prompt['audio_placeholder']}` is repeated once per audio embedding before tokenizing):",
+        fenced(prompt["text"]),
+        "Transcribe with onnxruntime alone (no torch): `granite-onnx transcribe --bundle . audio.flac`.",
+    ]
+    return "\n\n".join(p for p in parts if p)
 
 
 def tier_files(meta: dict, tier: str) -> list[str]:

@@ -306,6 +306,7 @@ def describe_source(source: dict, config_path: Path) -> dict:
         "kind": kind,
         "family": source.get("family"),  # the registry entry (granite_onnx.registry) the export used
         "lora": source.get("lora"),  # a 3.3-style adapter merged into the LLM (the bundle is speech-only)
+        "lora_merged": bool(source.get("lora")),
     }
     if kind == TRAINED_FIXTURE:  # the recipe ships with the package, beside the fixture's weights
         described["training"] = training_summary(TRAINED_DIR)
