@@ -263,3 +263,29 @@ def test_expectation_holds_a_near_tie_divergence_loosely_and_a_confident_one_exa
     assert differences(snap(near), snap(exact)) == [] and differences(snap(exact), snap(near)) == []
     assert differences(snap(confident), snap(exact)) and differences(snap(confident), snap(near))
     assert differences(snap(report(0.001, False, fp32_text="a b d")), snap(near))
+
+
+def test_expectation_does_not_hold_an_ungated_tiers_text():
+    """A tier parity reported without a gate (tiny-plus's INT8) is not held: its text after a confident
+    divergence depends on the CPU. Gates and the gated tiers still are."""
+    from granite_onnx.publish.expectation import UNGATED, _parity_results, differences
+
+    def report(int8_text: str, fp32_text: str = "a b c") -> dict:
+        tiers = [
+            {
+                "tier": "fp32",
+                "text": fp32_text,
+                "byte_exact": fp32_text == "a b c",
+                "margin_at_divergence": None,
+            },
+            {"tier": "int8", "text": int8_text, "byte_exact": False, "margin_at_divergence": 5.0},
+        ]
+        clip = {"clip": "c.flac", "pytorch_text": "a b c", "tiers": tiers, "pytorch_margins": [5.0] * 20}
+        return {"gates": [], "multi_clip_parity": [clip], "ungated": ["int8"]}
+
+    def snap(parity):
+        return {"sha256": {}, "parity": _parity_results(parity)}
+
+    assert snap(report("x"))["parity"]["clips"]["c.flac"]["int8"] == UNGATED
+    assert differences(snap(report("x")), snap(report("y"))) == []
+    assert differences(snap(report("x", fp32_text="a b d")), snap(report("x")))

@@ -65,6 +65,10 @@ def snapshot(bundle: Path) -> dict:
 
 
 NEAR_TIE = "diverges at a near-tie"
+# A tier parity measured without a gate (--ungated): its transcript is reported, not held. On tiny-plus the
+# INT8 tiers leave PyTorch at confident steps, and the text after that depends on the CPU (measured under
+# qemu Haswell: all three INT8 tiers' texts changed on 4 of 5 clips, every sha256 and gate the same).
+UNGATED = "ungated: reported, not held"
 
 
 def _tier_result(tier: dict, limit: float) -> list | str:
@@ -83,15 +87,18 @@ def _tier_result(tier: dict, limit: float) -> list | str:
 
 def _parity_results(parity: dict) -> dict:
     """Gate verdicts and, per clip, the PyTorch transcript and each tier's text and byte-exact flag (or
-    the near-tie mark of :func:`_tier_result`)."""
+    the near-tie mark of :func:`_tier_result`, or :data:`UNGATED` for a tier parity did not gate)."""
     clips = parity["multi_clip_parity"]
     limit = near_tie_limit(m for c in clips for m in c.get("pytorch_margins", []))
+    ungated = set(parity.get("ungated") or ())
     return {
         "gates": {g["name"]: g["passed"] for g in parity["gates"]},
         "clips": {
             c["clip"]: {
                 "pytorch": c["pytorch_text"],
-                **{t["tier"]: _tier_result(t, limit) for t in c["tiers"]},
+                **{
+                    t["tier"]: UNGATED if t["tier"] in ungated else _tier_result(t, limit) for t in c["tiers"]
+                },
             }
             for c in clips
         },
