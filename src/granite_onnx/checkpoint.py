@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
     from granite_onnx.registry import Entry
 
-TINY_MODEL = "tiny"
 # A small Granite Speech trained on synthetic speech (training/): shipped with the package, so its
 # quantisation quality can be measured where the real checkpoint cannot be downloaded.
 TRAINED_MODEL = "trained"
@@ -365,12 +364,7 @@ def load_reference_model(path: Path) -> GraniteSpeechForConditionalGeneration:
 
     Eager attention is the plainest maths to trace and to compare against; float32 is the parity baseline.
     """
-    entry = checkpoint_entry(path)
-    import torch
-    import transformers
-
-    model_class = getattr(transformers, entry.model_class)
-    model = model_class.from_pretrained(str(path), dtype=torch.float32, attn_implementation="eager")
+    model = _load(checkpoint_entry(path), path)
     if read_lora(path) is not None and not getattr(model, "_hf_peft_config_loaded", False):
         # transformers without peft loads a LoRA checkpoint silently without its adapter: parity would then
         # pass against the wrong model.
@@ -378,7 +372,7 @@ def load_reference_model(path: Path) -> GraniteSpeechForConditionalGeneration:
             f"{Path(path) / ADAPTER_CONFIG}: transformers did not attach the adapter (is peft installed? "
             "pip install 'granite-onnx[export]')"
         )
-    return model.eval()
+    return model
 
 
 def load_export_model(path: Path) -> tuple[GraniteSpeechForConditionalGeneration, LoraSpec | None]:
@@ -387,12 +381,17 @@ def load_export_model(path: Path) -> tuple[GraniteSpeechForConditionalGeneration
     entry = checkpoint_entry(path)
     spec = read_lora(path)
     if spec is None:
-        return load_reference_model(path), None
+        return _load(entry, path), None
+    with base_view(path) as base:  # the base weights alone: peft would attach the adapter itself
+        model = _load(entry, base)
+    merge_lora(model, Path(path), spec)
+    return model, spec
+
+
+def _load(entry: Entry, folder: Path | str):
+    """``from_pretrained`` of the entry's transformers class, float32, eager attention, eval mode."""
     import torch
     import transformers
 
     model_class = getattr(transformers, entry.model_class)
-    with base_view(path) as base:  # the base weights alone: peft would attach the adapter itself
-        model = model_class.from_pretrained(base, dtype=torch.float32, attn_implementation="eager")
-    merge_lora(model, Path(path), spec)
-    return model.eval(), spec
+    return model_class.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="eager").eval()

@@ -15,6 +15,7 @@ import click
 
 from . import __version__
 from .errors import GraniteOnnxError, Interrupted, from_os_error
+from .registry import FIXTURES
 
 # Modules only an optional extra installs (pyproject's [project.optional-dependencies]), by import name.
 EXTRAS = {"torch": "export", "transformers": "export", "safetensors": "export"}
@@ -176,7 +177,7 @@ def export(model_dir, model, revision, out_dir, graphs, no_check, clips_dir, pro
 @click.option(
     "--model",
     "name",
-    type=click.Choice(["tiny", "tiny-plus", "tiny-lora"]),
+    type=click.Choice(sorted(FIXTURES)),
     default="tiny",
     show_default=True,
     help="Which family entry's tiny checkpoint (4.1-2b-plus, or granite_speech with a 3.3-style LoRA).",

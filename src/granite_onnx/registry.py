@@ -109,13 +109,14 @@ GRANITE_SPEECH_PLUS = Entry(
 )
 ENTRIES = (GRANITE_SPEECH, GRANITE_SPEECH_PLUS)
 
+REMOTE_CODE = Unsupported(
+    "granite-speech-3.2",
+    (),  # granite_speech with remote code: recognised by its auto_map / projector type (remote_code)
+    "granite-speech-3.2 needs its own remote code (trust_remote_code: a granite_speech_qformer "
+    "projector transformers does not have); export granite-speech-3.3 or 4.x instead",
+)
 UNSUPPORTED = (
-    Unsupported(
-        "granite-speech-3.2",
-        (),  # granite_speech with remote code: recognised by its auto_map / projector type (remote_code)
-        "granite-speech-3.2 needs its own remote code (trust_remote_code: a granite_speech_qformer "
-        "projector transformers does not have); export granite-speech-3.3 or 4.x instead",
-    ),
+    REMOTE_CODE,
     Unsupported(
         "granite-speech-4.1-2b-nar",
         ("granite_speech_nar",),
@@ -153,7 +154,7 @@ def entry_for_config(config: object, config_path: Path) -> Entry:
     for entry in ENTRIES:
         if model_type == entry.model_type:
             if remote_code(config):
-                raise CheckpointError(f"{config_path}: {UNSUPPORTED[0].reason}")
+                raise CheckpointError(f"{config_path}: {REMOTE_CODE.reason}")
             return entry
     raise CheckpointError(
         f"{config_path} has model_type {model_type!r}, which granite-onnx does not export; supported: "

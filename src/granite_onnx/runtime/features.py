@@ -34,6 +34,7 @@ from granite_onnx.userfiles import json_kind, one_line, read_json_object
 __all__ = [
     "FeatureConfig",
     "audio_token_count",
+    "check_long_enough",
     "encoder_frame_count",
     "log_mel",
     "log_mel_batch",
@@ -223,15 +224,21 @@ def min_audio_samples(cfg: FeatureConfig) -> int:
     return cfg.n_fft // 2 + 1
 
 
+def check_long_enough(samples: int, cfg: FeatureConfig) -> None:
+    """One AudioError line for a waveform too short to reflect-pad (the numpy and the ONNX front-end)."""
+    need = min_audio_samples(cfg)
+    if samples < need:
+        # torch's reflect padding needs more samples than it pads, so the reference refuses too.
+        raise AudioError(
+            f"audio is {samples} samples long; the feature extractor needs at least {need} "
+            f"({1000 * need / cfg.sampling_rate:.0f} ms at {cfg.sampling_rate} Hz)"
+        )
+
+
 def _power_mel(x: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     """``[frames, n_mels]`` mel power of one float64 waveform (no log)."""
     pad = cfg.n_fft // 2
-    if x.shape[0] < min_audio_samples(cfg):
-        # torch's reflect padding needs more samples than it pads, so the reference refuses too.
-        raise AudioError(
-            f"audio is {x.shape[0]} samples long; the feature extractor needs at least {pad + 1} "
-            f"({1000 * (pad + 1) / cfg.sampling_rate:.0f} ms at {cfg.sampling_rate} Hz)"
-        )
+    check_long_enough(x.shape[0], cfg)
     padded = np.pad(x, pad, mode="reflect")
     frames = np.lib.stride_tricks.sliding_window_view(padded, cfg.n_fft)[:: cfg.hop_length]
     spec = np.fft.rfft(frames * _window(cfg), axis=-1)

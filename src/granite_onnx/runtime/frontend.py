@@ -1,8 +1,8 @@
 """Run a bundle's ``frontend.onnx``: waveforms -> the encoder's features and each utterance's token count.
 
 The graph itself cannot refuse a too-short waveform with a message (ONNX has no assertion op: its
-reflect ``Pad`` fails deep in onnxruntime), so the length is checked here first, as the numpy front-end
-checks it, with the same one-line :class:`AudioError`. Torch-free.
+reflect ``Pad`` fails deep in onnxruntime), so the length is checked here first, by the numpy front-end's
+own check (one :class:`~granite_onnx.errors.AudioError` line). Torch-free.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import AudioError
-from .features import FeatureConfig, min_audio_samples
+from .features import FeatureConfig, check_long_enough
 from .sessions import open_session
 
 FRONTENDS = ("numpy", "onnx")  # transcribe --frontend
@@ -41,13 +40,7 @@ class OnnxFrontend:
     def __call__(self, waves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """``input_features`` [batch, frames, 2 * n_mels] and ``audio_token_count`` [batch] of ``waves``
         (1-D float waveforms at the bundle's rate; a batch shares the longest one's frame count)."""
-        shortest = min(len(w) for w in waves)
-        need = min_audio_samples(self.cfg)
-        if shortest < need:
-            raise AudioError(
-                f"audio is {shortest} samples long; the feature extractor needs at least {need} "
-                f"({1000 * need / self.cfg.sampling_rate:.0f} ms at {self.cfg.sampling_rate} Hz)"
-            )
+        check_long_enough(min(len(w) for w in waves), self.cfg)
         waveform, num_samples = pad_batch(waves)
         features, counts = self.session.run(None, {"waveform": waveform, "num_samples": num_samples})
         return features, counts
