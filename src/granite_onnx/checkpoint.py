@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from granite_onnx.errors import CheckpointError
 from granite_onnx.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraSpec, base_view, merge_lora, read_lora
-from granite_onnx.registry import entry_for_config, entry_of_fixture
+from granite_onnx.registry import CTC_CONTRACT, entry_for_config, entry_of_fixture
+from granite_onnx.specs import CtcDims
 from granite_onnx.userfiles import exists, is_dir, is_file, json_kind, read_json
 
 if TYPE_CHECKING:
@@ -282,7 +283,7 @@ def validate_checkpoint(path: Path) -> dict[str, Any]:
             "config.json and weights"
         )
     config = _read_json(config_path)
-    entry_for_config(config, config_path)  # one line naming the supported architectures otherwise
+    entry = entry_for_config(config, config_path)  # one line naming the supported architectures otherwise
 
     # The adapter files decide, not the config's has_lora_adapter: transformers enables an adapter only when
     # one is loaded, and 4.1-2b-plus-style configs set the flag with no adapter to load. A 3.3-style adapter
@@ -300,7 +301,13 @@ def validate_checkpoint(path: Path) -> dict[str, Any]:
     if not tokenizer_path.is_file():
         raise _error(f"{tokenizer_path} is missing: download the tokenizer files of the checkpoint too")
 
-    _check_audio_token(config, config_path, tokenizer_path)
+    if entry.contract == CTC_CONTRACT:
+        try:
+            CtcDims.from_config(config)
+        except ValueError as exc:
+            raise _error(f"{config_path}: {exc}: {REDOWNLOAD}") from exc
+    else:
+        _check_audio_token(config, config_path, tokenizer_path)
     return config
 
 

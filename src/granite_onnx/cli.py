@@ -266,13 +266,20 @@ def quantise(bundle, tiers, exclude, clips_dir, calibration, threads, force, lay
 @click.argument("audio", nargs=-1, required=True, type=click.Path(path_type=Path))
 def transcribe(bundle, tier, max_new_tokens, threads, as_json, frontend, prompt, task, audio) -> None:
     """Transcribe AUDIO files (wav/flac, any rate, stereo downmixed) with onnxruntime alone."""
+    from .runtime.bundle import bundle_graph_names
     from .runtime.cpu import current_cpu
     from .runtime.pipeline import SpeechPipeline
     from .runtime.saturation import saturation_warning
     from .runtime.tasks import parse_task_output
+    from .specs import CTC
 
-    pipeline = SpeechPipeline(bundle, tier=tier, threads=threads, frontend=frontend)
     warning = saturation_warning(bundle, tier, current_cpu().saturating_u8s8)
+    if bundle_graph_names(bundle) == (CTC,):
+        if warning:
+            click.echo(f"warning: {warning}", err=True)
+        _transcribe_ctc(bundle, tier, threads, as_json, frontend, prompt, task, audio)
+        return
+    pipeline = SpeechPipeline(bundle, tier=tier, threads=threads, frontend=frontend)
     if warning:
         click.echo(f"warning: {warning}", err=True)
     if prompt is not None and task != "asr":
@@ -289,6 +296,31 @@ def transcribe(bundle, tier, max_new_tokens, threads, as_json, frontend, prompt,
                 "seconds": round(result.seconds, 3),
                 "task": task,
                 **parse_task_output(task, result.text),
+            }
+            click.echo(json.dumps(record))
+        else:
+            click.echo(f"{path}: {result.text}")
+
+
+def _transcribe_ctc(bundle, tier, threads, as_json, frontend, prompt, task, audio) -> None:
+    """transcribe for a CTC bundle: no prompt, no task, the numpy front-end (its features have deltas)."""
+    from .runtime.ctc import CtcPipeline
+
+    if prompt is not None or task != "asr":
+        raise click.UsageError("a CTC bundle takes no --prompt and no --task: it transcribes only")
+    if frontend != "numpy":
+        raise click.UsageError("a CTC bundle has no frontend.onnx: use --frontend numpy")
+    pipeline = CtcPipeline(bundle, tier=tier, threads=threads)
+    for path in audio:
+        result = pipeline.transcribe_file(path)
+        if as_json:
+            record = {
+                "file": str(path),
+                "text": result.text,
+                "token_ids": list(result.token_ids),
+                "audio_seconds": round(result.audio_seconds, 3),
+                "seconds": round(result.seconds, 3),
+                "task": "asr",
             }
             click.echo(json.dumps(record))
         else:

@@ -116,6 +116,10 @@ class TinySpec:
     # Multiplies lm_head.weight after that: random weights give a near-flat softmax, and greedy
     # decoding then flips on rounding noise; a larger head gives a clear top-1/top-2 logit margin.
     lm_head_gain: float = 8.0
+    # CTC only (see TINY_CTC)
+    ctc_input_level: float = 0.5
+    ctc_mid_gain: float = 0.1
+    ctc_blank_bias: float = 16.0
     # tokenizer (the text vocab is this plus <|audio|>)
     bpe_vocab_size: int = 767
     # conformer encoder
@@ -153,8 +157,9 @@ class TinySpec:
 
     @property
     def vocab_size(self) -> int:
-        """Text vocabulary size: the trained BPE vocabulary plus the trailing ``<|audio|>`` token."""
-        return self.bpe_vocab_size + 1
+        """Text vocabulary size: the trained BPE vocabulary plus the trailing ``<|audio|>`` token (a CTC
+        checkpoint has no audio token: its vocabulary is the BPE's, blank first)."""
+        return self.bpe_vocab_size + (0 if self.family == CTC_FAMILY else 1)
 
     @property
     def audio_token_index(self) -> int:
@@ -191,10 +196,33 @@ TINY_PLUS = TinySpec(
 # 2.0 jfk and librispeech leave the base model's tokens at steps 4 and 6.
 TINY_LORA = TinySpec(lora_rank=4, lora_alpha=2.0, lora_b_std=2.0)
 
+# The tiny granite-speech-5.0 CTC checkpoint: GraniteSpeech5ForCTC with 4 conformer blocks (the first two
+# subsample, the self-conditioning head after block 2), attention blocks of 16 frames (the trace at 430 frames
+# pads every layer's last block; 64 frames pads none), kernel 7 as 5.0. Its vocabulary is a byte-level BPE
+# with the blank <|blank|> at id 0. The tied head (encoder.out = ctc_head) is scaled by lm_head_gain for a
+# clear frame argmax margin; the BatchNorm statistics are redrawn so the export's folding is not an identity.
+# With random weights alone every frame of every clip gave the same token (measured: ' wit' on jfk,
+# librispeech and the stereo clip): the log-mel's level (about 0.5 in every bin) reaches the encoder as one
+# constant vector per frame, and the sharp self-conditioning head adds another. So input_linear's bias cancels a level of
+# ctc_input_level, out_mid is scaled by ctc_mid_gain and the blank gets ctc_blank_bias: measured on jfk,
+# librispeech, the stereo clip and asterisk, 17/15/56/46 tokens after collapsing (5-14 distinct ids), 0-44 %
+# blank frames, 10th-percentile top-1/top-2 frame margin 0.18-0.35.
+CTC_FAMILY = "granite_speech5_ctc"
+BLANK_TOKEN = "<|blank|>"
+TINY_CTC = TinySpec(
+    family=CTC_FAMILY,
+    bpe_vocab_size=384,
+    encoder_num_layers=4,
+    encoder_context_size=16,
+    encoder_max_pos_emb=64,
+    encoder_conv_kernel_size=7,
+    lm_head_gain=6.0,
+)
+
 
 def fixture_spec(name: str) -> TinySpec:
-    """The TinySpec of ``--model name`` (registry.FIXTURES: tiny, tiny-plus, tiny-lora)."""
-    return {"tiny-plus": TINY_PLUS, "tiny-lora": TINY_LORA}.get(name, TinySpec())
+    """The TinySpec of ``--model name`` (registry.FIXTURES: tiny, tiny-plus, tiny-lora, tiny-ctc)."""
+    return {"tiny-plus": TINY_PLUS, "tiny-lora": TINY_LORA, "tiny-ctc": TINY_CTC}.get(name, TinySpec())
 
 
 def build_tokenizer(spec: TinySpec = TinySpec(), corpus: tuple[str, ...] = TRAINING_CORPUS):
@@ -230,6 +258,109 @@ def build_tokenizer(spec: TinySpec = TinySpec(), corpus: tuple[str, ...] = TRAIN
         chat_template=CHAT_TEMPLATE,
         model_max_length=spec.text_max_position_embeddings,
     )
+
+
+def build_ctc_tokenizer(spec: TinySpec, corpus: tuple[str, ...] = TRAINING_CORPUS):
+    """The CTC checkpoint's tokenizer: byte-level BPE, ``<|blank|>`` (blank = pad) at id 0, no chat
+    template, wrapped as transformers' ``ParakeetTokenizer`` (what 5.0's tokenizer_config.json names)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import ParakeetTokenizer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.bpe_vocab_size,
+        special_tokens=[BLANK_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(corpus, trainer=trainer)
+    if bpe.get_vocab_size() != spec.bpe_vocab_size:
+        raise ValueError(
+            f"the built-in corpus yields {bpe.get_vocab_size()} BPE tokens, not {spec.bpe_vocab_size}"
+        )
+    return ParakeetTokenizer(tokenizer_object=bpe, pad_token=BLANK_TOKEN, model_max_length=1_000_000)
+
+
+def build_ctc_config(spec: TinySpec):
+    """``GraniteSpeech5CTCConfig`` of 5.0's layout (subsample_layers [0, 1], tied head, blank 0) at toy
+    sizes."""
+    from transformers import GraniteSpeech5CTCConfig
+
+    encoder = {
+        "num_hidden_layers": spec.encoder_num_layers,
+        "hidden_size": spec.encoder_hidden_dim,
+        "num_attention_heads": spec.encoder_num_heads,
+        "num_key_value_heads": spec.encoder_num_heads,
+        "head_dim": spec.encoder_dim_head,
+        "intermediate_size": spec.encoder_hidden_dim * spec.encoder_feedforward_mult,
+        "conv_kernel_size": spec.encoder_conv_kernel_size,
+        "conv_expansion_factor": spec.encoder_conv_expansion_factor,
+        "context_size": spec.encoder_context_size,
+        "max_position_embeddings": spec.encoder_max_pos_emb,
+        "subsample_layers": [0, 1],
+        "vocab_size": spec.vocab_size,
+    }
+    return GraniteSpeech5CTCConfig(encoder_config=encoder, vocab_size=spec.vocab_size, pad_token_id=0)
+
+
+def build_ctc_model(spec: TinySpec, config):
+    """Seeded float32 ``GraniteSpeech5ForCTC``: Linear weights redrawn as :func:`build_model` does, BatchNorm
+    statistics redrawn, the tied CTC head scaled by ``spec.lm_head_gain``."""
+    import torch
+    from transformers import GraniteSpeech5ForCTC
+
+    torch.manual_seed(spec.seed)
+    model = GraniteSpeech5ForCTC(config).to(torch.float32).eval()
+    generator = torch.Generator().manual_seed(spec.seed + 1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                std = spec.weight_gain / module.in_features**0.5
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * std)
+            elif isinstance(module, torch.nn.BatchNorm1d):
+                module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
+        model.ctc_head.weight.mul_(spec.lm_head_gain)  # = encoder.out.weight (tied)
+        level = torch.zeros(model.encoder.input_linear.in_features)
+        mels = config.encoder_config.num_mel_bins
+        level[:mels] = level[2 * mels : 3 * mels] = spec.ctc_input_level  # the two mel parts, not the deltas
+        linear = model.encoder.input_linear
+        linear.bias.copy_(-linear.weight @ level)
+        model.encoder.out_mid.weight.mul_(spec.ctc_mid_gain)
+        model.ctc_head.bias[0] += spec.ctc_blank_bias
+    return model
+
+
+def ctc_preprocessor_config() -> dict[str, Any]:
+    """``GraniteSpeech5FeatureExtractor().to_dict()`` + processor_class, spelled out (it needs torchaudio)."""
+    return {
+        "delta_win_length": 3,
+        "feature_extractor_type": "GraniteSpeech5FeatureExtractor",
+        "feature_size": 320,
+        "hop_length": 160,
+        "logmel_floor_db": 8.0,
+        "n_fft": 512,
+        "num_mel_bins": 80,
+        "padding_side": "right",
+        "padding_value": 0.0,
+        "processor_class": "GraniteSpeech5Processor",
+        "return_attention_mask": True,
+        "sampling_rate": 16000,
+        "win_length": 400,
+    }
+
+
+def _write_ctc_checkpoint_files(folder: Path, spec: TinySpec) -> None:
+    tokenizer = build_ctc_tokenizer(spec)
+    if tokenizer.pad_token_id != 0 or len(tokenizer) != spec.vocab_size:
+        raise AssertionError(f"tokenizer has {len(tokenizer)} ids and blank={tokenizer.pad_token_id}")
+    model = build_ctc_model(spec, build_ctc_config(spec))
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer._set_processor_class("GraniteSpeech5Processor")
+    tokenizer.save_pretrained(folder)
+    _write_json(folder / "preprocessor_config.json", ctc_preprocessor_config())
 
 
 def build_config(spec: TinySpec, token_ids: dict[str, int]):
@@ -375,6 +506,8 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def _write_checkpoint_files(folder: Path, spec: TinySpec) -> None:
     """Write every file of the checkpoint into an existing empty folder."""
+    if spec.family == CTC_FAMILY:
+        return _write_ctc_checkpoint_files(folder, spec)
     tokenizer = build_tokenizer(spec)
     token_ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in (*LEADING_SPECIAL_TOKENS, AUDIO_TOKEN)}
     if token_ids[AUDIO_TOKEN] != spec.audio_token_index or len(tokenizer) != spec.vocab_size:

@@ -4,9 +4,9 @@ A checkpoint's ``config.json`` (``model_type``, ``architectures``, and what mark
 entry, and the entry declares what the stages need to know about it: the transformers class the PyTorch
 reference is built from, the class-name prefix the export patches bind to (4.1-2b-plus renames every
 encoder class), whether the head is tied, the prompt style per checkpoint name, and the ``--model`` name
-of its tiny test checkpoint. Every entry so far exports the same graphs (specs.GRAPH_NAMES) and decodes
-autoregressively; a CTC entry will add its own graph set and decode loop here. A new architecture is a new
-entry, not a branch in a stage.
+of its tiny test checkpoint, and its contract: "autoregressive" (frontend.onnx plus the three graphs of
+specs.GRAPH_NAMES, a prompt, greedy decoding with a KV cache) or "ctc" (one graph, specs.CTC, no prompt,
+greedy CTC decoding). A new architecture is a new entry, not a branch in a stage.
 
 Architectures the family has but this toolchain does not export are listed too, each with the one line a
 user gets instead (3.2's remote code, the NAR model transformers 5.23 lacks, and the ones still to come).
@@ -20,6 +20,13 @@ from pathlib import Path
 
 from .errors import CheckpointError
 from .runtime.prompt import PromptStyle
+from .specs import BUNDLE_GRAPHS, CTC, CTC_MODEL_TYPE, GRAPH_NAMES
+
+AUTOREGRESSIVE = "autoregressive"
+CTC_CONTRACT = "ctc"
+# Per contract: the model graphs (every tier has its own) and every graph of an FP32 bundle, in order.
+CONTRACT_GRAPHS = {AUTOREGRESSIVE: GRAPH_NAMES, CTC_CONTRACT: (CTC,)}
+CONTRACT_BUNDLE_GRAPHS = {AUTOREGRESSIVE: BUNDLE_GRAPHS, CTC_CONTRACT: (CTC,)}
 
 # The model cards' prompts (IBM's granite_speech/prompts.py and the cards' examples).
 INSTRUCTION_4_0 = "can you transcribe the speech into a written format?"
@@ -53,10 +60,24 @@ class Entry:
     # folder's name wins; the last, with fragment "", is the entry's default.
     styles: tuple[tuple[str, PromptStyle], ...] = ()
     notes: str = ""
+    contract: str = AUTOREGRESSIVE  # which graphs, runtime and decode loop (see the module docstring)
 
-    def prompt_style(self, name: str) -> PromptStyle:
+    @property
+    def graphs(self) -> tuple[str, ...]:
+        """The model graphs of this entry's bundles (each quantised tier writes its own)."""
+        return CONTRACT_GRAPHS[self.contract]
+
+    @property
+    def bundle_graphs(self) -> tuple[str, ...]:
+        """Every graph of an FP32 bundle, in pipeline order (the autoregressive one adds frontend.onnx)."""
+        return CONTRACT_BUNDLE_GRAPHS[self.contract]
+
+    def prompt_style(self, name: str) -> PromptStyle | None:
         """The prompt style for a checkpoint called ``name`` (Hub id, fixture name or folder name), with
-        ``source`` saying why; a name the entry does not know gets the default, and says so."""
+        ``source`` saying why; a name the entry does not know gets the default, and says so. None for an
+        entry without a prompt (CTC)."""
+        if not self.styles:
+            return None
         lowered = name.lower()
         for fragment, style in self.styles:
             if fragment and fragment in lowered:
@@ -107,7 +128,22 @@ GRANITE_SPEECH_PLUS = Entry(
     styles=(("4.1-2b-plus", PLUS_STYLE), ("", PLUS_STYLE)),
     notes="the encoder concatenates cat_hidden_layers before the projector; the graph IO is unchanged",
 )
-ENTRIES = (GRANITE_SPEECH, GRANITE_SPEECH_PLUS)
+GRANITE_SPEECH5_CTC = Entry(
+    name="granite-speech-5.0-ctc",
+    model_type=CTC_MODEL_TYPE,
+    model_class="GraniteSpeech5ForCTC",
+    class_prefix="GraniteSpeech5",
+    checkpoints=(
+        "ibm-granite/granite-speech-5.0-470m-turboctc",
+        "ibm-granite/granite-speech-5.0-470m-turboctc-nc",
+    ),
+    fixture="tiny-ctc",
+    tied_head=True,  # ctc_head is encoder.out (the self-conditioning head)
+    notes="a conformer with a CTC head: one graph, delta features (80 -> 160, pairs stacked -> 320), "
+    "greedy CTC decoding (argmax, collapse repeats, drop blank 0), no prompt",
+    contract=CTC_CONTRACT,
+)
+ENTRIES = (GRANITE_SPEECH, GRANITE_SPEECH_PLUS, GRANITE_SPEECH5_CTC)
 
 REMOTE_CODE = Unsupported(
     "granite-speech-3.2",
@@ -122,12 +158,6 @@ UNSUPPORTED = (
         ("granite_speech_nar",),
         "granite-speech-4.1-2b-nar (non-autoregressive) is not in transformers 5.23, only in the Hub's "
         "remote code, so there is no PyTorch reference to prove an export against",
-    ),
-    Unsupported(
-        "granite-speech-5.0 CTC",
-        ("granite_speech5_ctc",),
-        "granite-speech-5.0 CTC checkpoints (GraniteSpeech5ForCTC) need a CTC graph contract that "
-        "granite-onnx does not export yet",
     ),
 )
 

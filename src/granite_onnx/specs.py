@@ -24,6 +24,10 @@ GRAPH_NAMES = (ENCODER, PROMPT_ENCODE, DECODE_STEP)  # the model's graphs: every
 # The log-mel front-end (waveform -> input_features): float32 DSP, one file shared by every tier.
 FRONTEND = "frontend"
 BUNDLE_GRAPHS = (FRONTEND, *GRAPH_NAMES)  # pipeline order
+# The CTC contract (granite-speech-5.0): one graph, stacked log-mel+delta features + mask -> frame logits.
+CTC = "ctc"
+CTC_MODEL_TYPE = "granite_speech5_ctc"
+ALL_GRAPHS = (*BUNDLE_GRAPHS, CTC)  # every graph name any contract has
 
 OPSET = 20
 IR_VERSION = 10
@@ -109,6 +113,10 @@ class ModelDims:
     def from_file(cls, path: Path) -> ModelDims:
         return cls.from_config(json.loads(Path(path).read_text()))
 
+    @property
+    def graph_names(self) -> tuple[str, ...]:
+        return GRAPH_NAMES
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -150,6 +158,69 @@ class GraphSpec:
             "inputs": [t.to_json() for t in self.inputs],
             "outputs": [t.to_json() for t in self.outputs],
         }
+
+
+@dataclass(frozen=True)
+class CtcDims:
+    """The numbers of a CTC checkpoint (``GraniteSpeech5CTCConfig``) that shape its one graph."""
+
+    vocab: int
+    hidden: int
+    context_size: int  # attention block length (frames at the layer's own rate)
+    subsampling: int  # how many times the encoder halves the frame rate (len(subsample_layers))
+    blank_id: int  # the CTC blank, = pad_token_id (0 in every published checkpoint)
+    num_mel_bins: int = 80
+    max_positions: int = 512  # the relative-position table's half width (max_position_embeddings)
+
+    @property
+    def feature_dim(self) -> int:
+        """Each mel frame with its delta, two frames stacked."""
+        return self.num_mel_bins * 4
+
+    @property
+    def graph_names(self) -> tuple[str, ...]:
+        return (CTC,)
+
+    def output_frames(self, frames: int) -> int:
+        """Logit frames for ``frames`` input frames: every subsampling block drops an odd last frame."""
+        for _ in range(self.subsampling):
+            frames //= 2
+        return frames
+
+    @classmethod
+    def from_config(cls, config: dict) -> CtcDims:
+        """Read the dims from a parsed ``granite_speech5_ctc`` ``config.json`` (ValueError names the key)."""
+        encoder = _section(config, "encoder_config", required=True)
+        layers = encoder.get("subsample_layers", [0, 1])
+        if not isinstance(layers, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in layers
+        ):
+            raise ValueError(
+                f"encoder_config.subsample_layers must be a list of layer indices, got {layers!r:.60}"
+            )
+        vocab = _dim(config, "vocab_size", _dim(encoder, "encoder_config.vocab_size", 16384))
+        blank = config.get("pad_token_id", 0)
+        if isinstance(blank, bool) or not isinstance(blank, int) or not 0 <= blank < vocab:
+            raise ValueError(
+                f"pad_token_id (the CTC blank) must be an id below vocab_size {vocab}, got {blank!r:.60}"
+            )
+        return cls(
+            vocab=vocab,
+            hidden=_dim(encoder, "encoder_config.hidden_size"),
+            context_size=_dim(encoder, "encoder_config.context_size", 128),
+            subsampling=len(layers),
+            blank_id=blank,
+            num_mel_bins=_dim(encoder, "encoder_config.num_mel_bins", 80),
+            max_positions=_dim(encoder, "encoder_config.max_position_embeddings", 512),
+        )
+
+
+def dims_from_config(config: dict) -> ModelDims | CtcDims:
+    """The dims of a parsed ``config.json``, by its contract: CTC for ``granite_speech5_ctc``, else the
+    autoregressive three graphs."""
+    if isinstance(config, dict) and config.get("model_type") == CTC_MODEL_TYPE:
+        return CtcDims.from_config(config)
+    return ModelDims.from_config(config)
 
 
 def past_name(layer: int, kind: str) -> str:
@@ -219,7 +290,22 @@ def frontend_spec(feature_dim: int = FEATURE_DIM) -> GraphSpec:
     )
 
 
-def graph_specs(dims: ModelDims) -> dict[str, GraphSpec]:
+def ctc_spec(dims: CtcDims) -> GraphSpec:
+    """Stacked log-mel+delta features and their frame mask -> CTC logits at the subsampled rate (the
+    logits of a padded frame are not masked: the decoder drops them, as ``generate`` does)."""
+    return GraphSpec(
+        CTC,
+        inputs=(
+            TensorSpec("input_features", "float32", ("batch", "frames", dims.feature_dim)),
+            TensorSpec("attention_mask", "int64", ("batch", "frames")),
+        ),
+        outputs=(TensorSpec("logits", "float32", ("batch", "ctc_frames", dims.vocab)),),
+    )
+
+
+def graph_specs(dims: ModelDims | CtcDims) -> dict[str, GraphSpec]:
+    if isinstance(dims, CtcDims):
+        return {CTC: ctc_spec(dims)}
     return {
         ENCODER: encoder_spec(dims),
         PROMPT_ENCODE: prompt_encode_spec(dims),
@@ -242,6 +328,14 @@ def dummy_inputs(
     at any other length; the prompt holds the audio tokens in the middle, as a real chat prompt does.
     """
     rng = np.random.default_rng(seed)
+    if spec.name == CTC:
+        # 430 frames pad the last attention block of every layer at context 16 (tiny) and 128 (5.0), so
+        # the padding branch is traced; row b of a batch has its last b * frames // 3 frames masked.
+        mask = np.ones((batch, frames), np.int64)
+        for row in range(1, batch):
+            mask[row, frames - row * frames // 3 :] = 0
+        features = rng.standard_normal((batch, frames, dims.feature_dim)).astype(np.float32)
+        return {"input_features": features, "attention_mask": mask}
     audio_tokens, text_before, text_after = audio_tokens_for_frames(frames), 5, 7
     if spec.name == ENCODER:
         return {"input_features": rng.standard_normal((batch, frames, dims.feature_dim)).astype(np.float32)}

@@ -15,7 +15,7 @@ from .errors import BundleError, GraniteOnnxError
 from .publish.checksums import MANIFEST, verify_manifest
 from .runtime import cpu
 from .runtime.saturation import saturation_warning, tier_verdict
-from .specs import DECODE_STEP, PROMPT_ENCODE
+from .specs import CTC, DECODE_STEP, PROMPT_ENCODE
 from .userfiles import is_dir, one_line
 
 
@@ -38,12 +38,13 @@ def _graph_checks(path: Path, load: bool) -> list[Check]:
 
 
 def _tiers(folder: Path) -> list[str]:
-    """'' for FP32 plus each suffix that has both LLM graphs (e.g. '_int8')."""
+    """'' for FP32 plus each suffix that has both LLM graphs (e.g. '_int8'), or a CTC graph."""
     suffixes = [""]
     for path in sorted(folder.glob(f"{PROMPT_ENCODE}_*.onnx")):
         suffix = path.stem[len(PROMPT_ENCODE) :]
         if (folder / f"{DECODE_STEP}{suffix}.onnx").is_file():
             suffixes.append(suffix)
+    suffixes += [path.stem[len(CTC) :] for path in sorted(folder.glob(f"{CTC}_*.onnx"))]
     return suffixes
 
 

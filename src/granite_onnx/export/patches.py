@@ -186,7 +186,54 @@ def grouped_attention(model: nn.Module) -> Iterator[int]:
             config._attn_implementation = before[key]
 
 
+def subsampling_block_forward(
+    self,
+    hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    position_embeddings=None,
+    **kwargs,
+) -> torch.Tensor:
+    """``GraniteSpeech5EncoderSubsamplingBlock.forward`` (5.0 CTC) with its frame-pair mean pooling as a
+    reshape: the TorchScript exporter has no ``unfold``. ``x.unfold(1, 2, 2).mean(-1)`` is
+    ``x[:, :2 * (T // 2)].reshape(B, T // 2, 2, C).mean(2)``: the same pairs, an odd last frame dropped."""
+    residual = hidden_states
+    hidden_states = residual + 0.5 * self.feed_forward1(self.norm_feed_forward1(hidden_states))
+    attn_output, _ = self.self_attn(
+        hidden_states=self.norm_self_att(hidden_states),
+        attention_mask=attention_mask,
+        position_embeddings=position_embeddings,
+        **kwargs,
+    )
+    hidden_states = hidden_states + attn_output
+    conv_output = self.conv(self.norm_conv(hidden_states), attention_mask=attention_mask)
+    batch, frames, channels = hidden_states.shape
+    pairs = frames // 2
+    pooled = hidden_states[:, : 2 * pairs].reshape(batch, pairs, 2, channels).mean(2)
+    hidden_states = pooled + conv_output[:, :pairs]
+    hidden_states = hidden_states + 0.5 * self.feed_forward2(self.norm_feed_forward2(hidden_states))
+    return self.norm_out(hidden_states)
+
+
+def ctc_conv_module_forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None):
+    """``GraniteSpeech5EncoderConvolutionModule.forward`` with its BatchNorm folded into the depthwise
+    convolution beforehand, in float64 (:func:`fold_batch_norm`), for the same CPU-independent bytes."""
+    hidden_states = F.glu(self.pointwise_lin1(hidden_states), dim=-1)
+    if attention_mask is not None:
+        hidden_states = hidden_states.masked_fill(~attention_mask.unsqueeze(-1), 0.0)
+    conv = self.depthwise_conv
+    hidden_states = F.conv1d(
+        hidden_states.transpose(1, 2),
+        getattr(self, FOLDED_WEIGHT),
+        getattr(self, FOLDED_BIAS),
+        stride=conv.stride,
+        padding=conv.padding,
+        groups=conv.groups,
+    )
+    return self.pointwise_lin2(F.silu(hidden_states).transpose(1, 2))
+
+
 PATCHES = (conformer_attention_forward, projector_forward, conv_module_forward)
+CTC_PATCHES = (subsampling_block_forward, ctc_conv_module_forward)
 
 
 def class_prefix(model: nn.Module) -> str:
@@ -200,8 +247,29 @@ def class_prefix(model: nn.Module) -> str:
     return entry.class_prefix
 
 
+def _patch_set(model: nn.Module) -> tuple:
+    return CTC_PATCHES if class_prefix(model) == "GraniteSpeech5" else PATCHES
+
+
+def _folding(module: nn.Module) -> tuple[nn.Conv1d, nn.BatchNorm1d] | None:
+    """The (depthwise conv, BatchNorm) pair a patched conv module folds, else None."""
+    if hasattr(module, "depthwise_conv"):  # 5.0 CTC
+        return module.depthwise_conv, module.norm
+    if hasattr(module, "depth_conv"):
+        return module.depth_conv.conv, module.batch_norm
+    return None
+
+
 def _targets(model: nn.Module) -> Iterator[tuple[nn.Module, object]]:
     prefix = class_prefix(model)
+    if _patch_set(model) is CTC_PATCHES:
+        for module in model.modules():
+            kind = type(module).__name__
+            if kind == f"{prefix}EncoderSubsamplingBlock":
+                yield module, subsampling_block_forward
+            elif kind == f"{prefix}EncoderConvolutionModule" and not module.norm.training:
+                yield module, ctc_conv_module_forward
+        return
     for module in model.modules():
         kind = type(module).__name__
         if kind == f"{prefix}ConformerAttention":
@@ -221,7 +289,7 @@ def dynamic_length_patches(model: nn.Module) -> Iterator[int]:
     """
     patched = []
     targets = list(_targets(model))
-    missing = [f.__name__ for f in PATCHES if not any(fn is f for _, fn in targets)]
+    missing = [f.__name__ for f in _patch_set(model) if not any(fn is f for _, fn in targets)]
     if missing:  # a renamed upstream class would make that patch a silent no-op
         raise RuntimeError(
             f"the export patches {', '.join(missing)} matched no module of {type(model).__name__} "
@@ -229,8 +297,8 @@ def dynamic_length_patches(model: nn.Module) -> Iterator[int]:
         )
     try:
         for module, fn in targets:
-            if fn is conv_module_forward:
-                weight, bias = fold_batch_norm(module.depth_conv.conv, module.batch_norm)
+            if fn in (conv_module_forward, ctc_conv_module_forward):
+                weight, bias = fold_batch_norm(*_folding(module))
                 module.register_buffer(FOLDED_WEIGHT, weight, persistent=False)
                 module.register_buffer(FOLDED_BIAS, bias, persistent=False)
             module.forward = types.MethodType(fn, module)

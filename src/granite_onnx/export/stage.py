@@ -34,14 +34,17 @@ from ..runtime.prompt import PROMPTS_FILE, PromptStyle
 from ..runtime.sessions import open_session
 from ..sidecar import sidecar_name, write_with_sidecar
 from ..specs import (
+    ALL_GRAPHS,
     BUNDLE_GRAPHS,
     DECODE_STEP,
     FRONTEND,
     IR_VERSION,
     OPSET,
     PROMPT_ENCODE,
+    CtcDims,
     GraphSpec,
     ModelDims,
+    dims_from_config,
     dummy_inputs,
     graph_specs,
 )
@@ -78,6 +81,18 @@ def exporter_json(layout: str) -> dict:
 # Second size for the gate: an exact multiple of the 200-frame attention block (the classic
 # length a traced block count gets wrong), a batch of 2, a longer past.
 CHECK_SIZES = {"batch": 2, "frames": 200, "past": 23}
+
+
+def check_sizes(dims: ModelDims | CtcDims) -> dict[str, dict]:
+    """The gate's sizes besides the traced one. The CTC graph is traced at 430 frames, where every layer
+    pads its last attention block; it is checked where no layer pads (context * 2 ** subsampling frames) and
+    at 9 frames (one partial block, odd at every rate), each a batch of 2 whose second row is part masked."""
+    if isinstance(dims, CtcDims):
+        return {
+            "no padding": {"batch": 2, "frames": dims.context_size * 2**dims.subsampling},
+            "short": {"batch": 2, "frames": 9},
+        }
+    return {"other": CHECK_SIZES}
 
 
 @dataclass(frozen=True)
@@ -142,11 +157,13 @@ class ExportCheckError(GraniteOnnxError):
     """onnxruntime disagrees with PyTorch on an exported graph."""
 
 
-def check_graph(model, spec: GraphSpec, dims: ModelDims, path: Path, rtol: float) -> dict[str, float]:
-    """Compare onnxruntime with the PyTorch wrapper at the traced size and at CHECK_SIZES."""
+def check_graph(
+    model, spec: GraphSpec, dims: ModelDims | CtcDims, path: Path, rtol: float
+) -> dict[str, float]:
+    """Compare onnxruntime with the PyTorch wrapper at the traced size and at :func:`check_sizes`."""
     session = open_session(path, opt_level="basic", prepack=False)
     errors: dict[str, float] = {}
-    for label, sizes in (("traced", {}), ("other", CHECK_SIZES)):
+    for label, sizes in (("traced", {}), *check_sizes(dims).items()):
         feeds = dummy_inputs(spec, dims, seed=1, **sizes)
         want = reference_outputs(model, spec, dims, feeds)
         got = session.run(None, feeds)
@@ -169,7 +186,7 @@ def check_graph(model, spec: GraphSpec, dims: ModelDims, path: Path, rtol: float
 def export_graph(
     model,
     spec: GraphSpec,
-    dims: ModelDims,
+    dims: ModelDims | CtcDims,
     out_dir: Path,
     options: ExportOptions,
     export_id: str | None = None,
@@ -223,10 +240,14 @@ def export_frontend(
     return report, check
 
 
-def prompt_style(entry: Entry, source: CheckpointSource, override: str | None = None) -> PromptStyle:
+def prompt_style(entry: Entry, source: CheckpointSource, override: str | None = None) -> PromptStyle | None:
     """The entry's prompt for this checkpoint (by its Hub id or fixture name, else its folder's name), with
-    ``--prompt`` replacing the default instruction."""
+    ``--prompt`` replacing the default instruction; None for an entry without a prompt (CTC)."""
     style = entry.prompt_style(source.model_id or Path(source.path).name)
+    if style is None:
+        if override is not None:
+            raise GraniteOnnxError(f"--prompt does not apply to {entry.name}: a CTC model takes no prompt")
+        return None
     if override is None:
         return style
     if not override.strip():
@@ -237,6 +258,20 @@ def prompt_style(entry: Entry, source: CheckpointSource, override: str | None = 
 def write_prompts(folder: Path, style: PromptStyle) -> None:
     (folder / PROMPTS_FILE).write_text(json.dumps(style.to_json(), indent=2, ensure_ascii=False) + "\n")
     (folder / PROMPTS_FILE).chmod(0o644)
+
+
+def chosen_graphs(entry: Entry, requested: tuple[str, ...]) -> tuple[str, ...]:
+    """The graphs to export: every graph of the entry's bundle when ``requested`` is the default
+    (BUNDLE_GRAPHS), else ``requested``, each of which must be the entry's."""
+    if requested == BUNDLE_GRAPHS:
+        return entry.bundle_graphs
+    foreign = [g for g in requested if g not in entry.bundle_graphs]
+    if foreign:
+        raise GraniteOnnxError(
+            f"--graph {foreign[0]} is not a graph of {entry.name} checkpoints: choose from "
+            f"{', '.join(entry.bundle_graphs)}"
+        )
+    return requested
 
 
 def source_json(source: CheckpointSource) -> dict:
@@ -273,11 +308,12 @@ def export_bundle(
     """
     say = progress or (lambda _msg: None)
     start = time.perf_counter()
-    unknown = set(options.graphs) - set(BUNDLE_GRAPHS)
+    unknown = set(options.graphs) - set(ALL_GRAPHS)
     if unknown:
-        raise GraniteOnnxError(f"unknown graph(s) {sorted(unknown)}; choose from {', '.join(BUNDLE_GRAPHS)}")
+        raise GraniteOnnxError(f"unknown graph(s) {sorted(unknown)}; choose from {', '.join(ALL_GRAPHS)}")
     check_layout(options.layout)
     entry = checkpoint_entry(source.path)  # user mistakes fail here, before any work or output
+    graphs = chosen_graphs(entry, options.graphs)
     style = prompt_style(entry, source, options.prompt)
     check_output_dir(Path(out_dir))
     say(f"hashing the files of {source.path} (an unchanged export is skipped)")
@@ -291,26 +327,26 @@ def export_bundle(
     model, lora = load_export_model(source.path)
     if lora is not None:
         say(f"merged the LoRA adapter (r {lora.rank}, alpha {lora.alpha:g}) into {', '.join(lora.targets)}")
-    dims = ModelDims.from_config(model.config.to_dict())
+    dims = dims_from_config(model.config.to_dict())
     specs = graph_specs(dims)
     with staged_dir(Path(out_dir)) as stage:
         reports, frontend = [], None
-        if FRONTEND in options.graphs:
+        if FRONTEND in graphs:
             checking = " and checking it against the numpy front-end" if options.check else ""
             say(f"building frontend.onnx{checking}")
             report, frontend = export_frontend(bundle_features(source.path), stage, options, export_id)
             if frontend and frontend["clips_note"]:
                 say(f"WARNING: frontend.onnx: {frontend['clips_note']}")
             reports.append(report)
-        for name in (g for g in options.graphs if g != FRONTEND):
+        for name in (g for g in graphs if g != FRONTEND):
             say(f"exporting {name}" + (" and checking it against PyTorch" if options.check else ""))
             reports.append(export_graph(model, specs[name], dims, stage, options, export_id))
-        if {PROMPT_ENCODE, DECODE_STEP} <= set(options.graphs):  # each file was audited by finalise
+        if {PROMPT_ENCODE, DECODE_STEP} <= set(graphs):  # each file was audited by finalise
             problems = check_kv_agreement(stage / graph_file(PROMPT_ENCODE), stage / graph_file(DECODE_STEP))
             if problems:
                 raise ExportCheckError(f"prompt_encode and decode_step disagree: {problems[0]}")
         shared = None
-        if options.layout == "shared" and {PROMPT_ENCODE, DECODE_STEP} <= set(options.graphs):
+        if options.layout == "shared" and {PROMPT_ENCODE, DECODE_STEP} <= set(graphs):
             say("shared layout: storing the LLM weights of prompt_encode and decode_step once")
             shared = share_llm_weights(stage)
         say("portability audit (granite-onnx verify) of the staged bundle")
@@ -318,7 +354,8 @@ def export_bundle(
         if failed:
             raise ExportCheckError(f"{failed[0].item} fails {failed[0].check}: {failed[0].detail}")
         copied = copy_processor_files(source.path, stage, BUNDLE_CHECKPOINT_FILES)
-        write_prompts(stage, style)
+        if style is not None:
+            write_prompts(stage, style)
         result = ExportResult(
             out_dir=str(out_dir),
             source={**source_json(source), "family": entry.name, "lora": lora.to_json() if lora else None},

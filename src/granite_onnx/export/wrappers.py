@@ -112,9 +112,23 @@ class DecodeStepGraph(_LanguageModelGraph):
         return self._run(embeds, attention_mask, position_ids, cache)
 
 
-def build_wrapper(name: str, model: nn.Module, dims: ModelDims) -> nn.Module:
-    from ..specs import DECODE_STEP, ENCODER, PROMPT_ENCODE
+class CtcGraph(nn.Module):
+    """``GraniteSpeech5ForCTC.forward``: features + frame mask -> CTC logits (greedy decoding is the
+    runtime's: argmax, collapse, drop the blank)."""
 
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_features: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_features=input_features, attention_mask=attention_mask).logits
+
+
+def build_wrapper(name: str, model: nn.Module, dims) -> nn.Module:
+    from ..specs import CTC, DECODE_STEP, ENCODER, PROMPT_ENCODE
+
+    if name == CTC:
+        return CtcGraph(model).eval()
     if name == ENCODER:
         return EncoderGraph(model).eval()
     if name == PROMPT_ENCODE:

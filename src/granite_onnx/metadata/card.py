@@ -14,7 +14,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..specs import BUNDLE_GRAPHS, DECODE_STEP, ENCODER, FRONTEND, PROMPT_ENCODE
+from ..specs import ALL_GRAPHS, CTC, DECODE_STEP, ENCODER, FRONTEND, PROMPT_ENCODE
 from .collect import HUB, RANDOM_FIXTURE, TRAINED_FIXTURE, checkpoint_kind
 
 FP32 = "fp32"
@@ -101,9 +101,13 @@ def model_name(meta: dict) -> str:
 
 
 def fp32_graphs(meta: dict) -> list[dict]:
-    """The four FP32 graph entries (the front-end first), in pipeline order."""
+    """The FP32 graph entries (the front-end first), in pipeline order."""
     graphs = meta["graphs"]
-    return [graphs[n] for n in BUNDLE_GRAPHS if n in graphs]
+    return [graphs[n] for n in ALL_GRAPHS if n in graphs]
+
+
+def is_ctc(meta: dict) -> bool:
+    return meta.get("contract") == "ctc"
 
 
 def tiers_present(meta: dict) -> list[str]:
@@ -333,6 +337,22 @@ def intro(meta: dict) -> str:
         f"IR version {exporter['ir_version']}; operator domains used: "
         + ", ".join(f"`{d}`" for d in domains)
         + ".",
+        graphs_sentence(meta),
+    ]
+    return "\n\n".join(p for p in parts if p)
+
+
+def graphs_sentence(meta: dict) -> str:
+    """What the graphs do, in pipeline order."""
+    if is_ctc(meta):
+        decode = meta.get("ctc_decode") or {}
+        return (
+            "One graph, no prompt: `ctc` turns stacked log-mel + delta features (two frames of mel and delta "
+            f"per row, {meta['audio']['feature_dim']} values) and their frame mask into CTC logits at "
+            f"1/{2 ** decode.get('subsampling', 2)} of the feature rate; greedy CTC decoding (argmax per "
+            f"frame, merge repeats, drop the blank id {decode.get('blank_id')}) gives the token ids."
+        )
+    return (
         (
             "`frontend` turns the 16 kHz waveform into the stacked log-mel features (DSP in ai.onnx, "
             "float32 in and out, "
@@ -344,9 +364,8 @@ def intro(meta: dict) -> str:
         "`prompt_encode` runs the language model over the chat prompt, merging the audio embeddings at the "
         f"positions where `input_ids` equals the audio token id ({meta['token_ids']['audio']}), "
         "and returns the last position's logits and the KV cache; `decode_step` takes one token "
-        "and the cache and returns the next logits and the grown cache.",
-    ]
-    return "\n\n".join(p for p in parts if p)
+        "and the cache and returns the next logits and the grown cache."
+    )
 
 
 def publication_notice(meta: dict) -> str:
@@ -495,6 +514,15 @@ def prompt_choice(prompt: dict) -> str:
 
 def prompt_section(meta: dict) -> str:
     ids, prompt = meta["token_ids"], meta["prompt"]
+    if is_ctc(meta):
+        return "\n\n".join(
+            [
+                "## Token ids",
+                table(["token", "id"], [["blank (= pad)", _token_text(ids.get("blank"))]]),
+                "No prompt and no end-of-sequence id: a CTC model emits one label per frame. Transcribe with "
+                "onnxruntime alone (no torch): `granite-onnx transcribe --bundle . audio.flac`.",
+            ]
+        )
     rows = [[name, _token_text(ids[name])] for name in ("audio", "bos", "eos", "pad")]
     parts = [
         "## Prompt and token ids",
@@ -514,7 +542,7 @@ def tier_files(meta: dict, tier: str) -> list[str]:
     graphs = meta["graphs"]
     declared = ((meta.get("quantisation") or {}).get(tier) or {}).get("fp32_graphs") or []
     files = [graphs[FRONTEND]["file"]] if FRONTEND in graphs else []
-    for name in (ENCODER, PROMPT_ENCODE, DECODE_STEP):
+    for name in (CTC,) if is_ctc(meta) else (ENCODER, PROMPT_ENCODE, DECODE_STEP):
         key = name if tier == FP32 or name in declared else f"{name}_{tier}"
         files.append(graphs[key]["file"] if key in graphs else f"{key}.onnx (missing)")
     return files
@@ -547,8 +575,34 @@ def frontend_check_text(meta: dict) -> str:
     )
 
 
+def ctc_consumers_section(meta: dict) -> str:
+    """How to run a CTC bundle outside Python: the numpy front-end's recipe, the graph, the decode rule."""
+    audio, graphs, decode = meta["audio"], meta["graphs"], meta.get("ctc_decode") or {}
+    steps = [
+        f"1. **Audio**: mono float32 at {audio['sampling_rate']} Hz (average the channels; divide PCM16 "
+        f"samples by {audio['pcm16_scale']}), at least {audio['min_samples']} samples.",
+        f"2. **Features** (no frontend.onnx in a CTC bundle yet: `audio.recipe`): {audio.get('recipe')}.",
+        f"3. **`{graphs[CTC]['file']}`**: {_io_text(graphs[CTC], 'inputs')} -> "
+        f"{_io_text(graphs[CTC], 'outputs')}.",
+        f"4. **Decode**: {decode.get('rule')} (blank {decode.get('blank_id')}).",
+    ]
+    rows = [[t, ", ".join(f"`{f}`" for f in tier_files(meta, t))] for t in tiers_present(meta)]
+    return "\n\n".join(
+        [
+            "## Use it from Node.js or Rust",
+            "The steps, from `granite_export_metadata.json` (keys `audio` and `ctc_decode`). The "
+            "repository's Node.js reference transcriber does not run CTC bundles yet: step 2 is numpy code in "
+            "`granite_onnx.runtime.ctc_features` (its delta features have no ONNX front-end graph).",
+            "\n".join(steps),
+            table(["tier", "files"], rows),
+        ]
+    )
+
+
 def consumers_section(meta: dict) -> str:
     """How to run the bundle outside Python, generated from the metadata: files, IO and the prompt ids."""
+    if is_ctc(meta):
+        return ctc_consumers_section(meta)
     audio, prompt, graphs = meta.get("audio"), meta["prompt"], meta["graphs"]
     if not audio or FRONTEND not in graphs or "prefix_ids" not in prompt:
         return ""
@@ -599,7 +653,35 @@ def consumers_section(meta: dict) -> str:
     )
 
 
-def numeric_table(parity: dict) -> str:
+CTC_NUMERIC_HEADER = [
+    "tier",
+    "clip",
+    "logits max abs",
+    "logits mean abs",
+    "logits p99 abs",
+    "frame argmax",
+    "frames whose argmax differs",
+    "collapsed ids vs PyTorch",
+]
+
+
+def numeric_table(parity: dict, ctc: bool = False) -> str:
+    if ctc:
+        rows = [
+            [
+                b["tier"],
+                b["clip"],
+                sci(b["encoder"]["max_abs"]),
+                sci(b["encoder"]["mean_abs"]),
+                sci(b["encoder"]["p99_abs"]),
+                "agrees" if b["prompt_argmax_agrees"] else "differs",
+                f"{b['decode']['mismatches']}/{b['decode']['steps']}",
+                "identical" if b["transcript_match"] else "differs",
+            ]
+            for b in parity["single_clip"]
+            if not b.get("error")
+        ]
+        return table(CTC_NUMERIC_HEADER, rows)
     header = [
         "tier",
         "clip",
@@ -630,12 +712,17 @@ def numeric_table(parity: dict) -> str:
     return table(header, rows)
 
 
-def mismatch_lines(parity: dict) -> list[str]:
-    """Where teacher-forced decoding disagreed, and how close PyTorch's own top-2 was at that step."""
+def mismatch_lines(parity: dict, unit: str = "step", limit: int | None = None) -> list[str]:
+    """Where teacher-forced decoding (a CTC graph: a frame's argmax) disagreed, and how close PyTorch's own
+    top-2 was there; at most ``limit`` per tier."""
     lines = []
     for b in parity["single_clip"]:
-        pairs = zip(b["decode"]["mismatch_steps"], b["decode"]["mismatch_margins"], strict=False)
-        steps = ", ".join(f"step {s} (PyTorch top-1 minus top-2 logit {sci(m)})" for s, m in pairs)
+        if b.get("error"):
+            continue
+        pairs = list(zip(b["decode"]["mismatch_steps"], b["decode"]["mismatch_margins"], strict=False))
+        more = f", and {len(pairs) - limit} more" if limit is not None and len(pairs) > limit else ""
+        steps = ", ".join(f"{unit} {s} (PyTorch top-1 minus top-2 logit {sci(m)})" for s, m in pairs[:limit])
+        steps += more if steps else ""
         if steps:
             lines.append(f"- {b['tier']}: {steps}")
     return lines
@@ -692,7 +779,7 @@ def shown_clips(parity: dict, limit: int = CARD_CLIPS) -> list[dict]:
     return [clips[i] for i in sorted(order[:limit])]
 
 
-def transcript_table(parity: dict) -> str:
+def transcript_table(parity: dict, ctc: bool = False) -> str:
     header = [
         "clip",
         "duration (s)",
@@ -701,7 +788,7 @@ def transcript_table(parity: dict) -> str:
         "WER vs PyTorch",
         "WER vs reference",
         "Levenshtein vs fp32",
-        "first divergent step",
+        "first divergent frame" if ctc else "first divergent step",
         "tokens",
     ]
     return table(header, [row for clip in shown_clips(parity) for row in transcript_rows(clip)])
@@ -839,31 +926,46 @@ def parity_section(meta: dict) -> str:
     parts = [
         "## Parity with PyTorch",
         "Measured by `granite-onnx parity` against transformers' PyTorch model "
-        f"(`{reference}`): both sides get identical features, decoding is greedy, at most "
-        f"{parity['max_new_tokens']} new tokens. Text normalisation for WER and edit distance: "
+        f"(`{reference}`): both sides get identical features, "
+        + (
+            "decoding is greedy CTC (`generate`'s frame argmax, collapsed). "
+            if is_ctc(meta)
+            else f"decoding is greedy, at most {parity['max_new_tokens']} new tokens. "
+        )
+        + "Text normalisation for WER and edit distance: "
         f"{parity['normalisation']}. Overall verdict: **{'PASS' if parity['passed'] else 'FAIL'}**.",
         kernels_paragraph(parity),
         "### Numeric parity (single clip)",
-        "Largest absolute differences from PyTorch: encoder output (audio embeddings), "
-        "`prompt_encode` logits and KV cache; then `decode_step` fed PyTorch's own tokens "
-        "(teacher forcing), counting steps whose argmax differs.",
-        numeric_table(parity),
+        (
+            "Largest absolute differences of the CTC logits from PyTorch's, and the frames whose argmax "
+            "differs (CTC has no feedback: every frame is compared; the collapsed ids are what `generate` "
+            "and the tokenizer's CTC decode give)."
+            if is_ctc(meta)
+            else "Largest absolute differences from PyTorch: encoder output (audio embeddings), "
+            "`prompt_encode` logits and KV cache; then `decode_step` fed PyTorch's own tokens "
+            "(teacher forcing), counting steps whose argmax differs."
+        ),
+        numeric_table(parity, is_ctc(meta)),
     ]
-    lines = mismatch_lines(parity)
+    lines = mismatch_lines(parity, "frame", 8) if is_ctc(meta) else mismatch_lines(parity)
     if lines:
         parts.append("\n".join(lines))
     if parity.get("sets"):
         parts += [
             "### Per clip set",
-            "Corpus WER over each `--clips` folder; margins are PyTorch's top-1 minus top-2 logit at the "
-            "step where a tier first left PyTorch's transcript.",
+            "Corpus WER over each `--clips` folder; margins are PyTorch's top-1 minus top-2 logit "
+            + (
+                "at the most confident frame whose argmax a tier changed."
+                if is_ctc(meta)
+                else "at the step where a tier first left PyTorch's transcript."
+            ),
             sets_table(parity),
         ]
     parts += [
         "### Transcripts",
         "Free-running greedy transcripts of each tier against PyTorch's and against the human reference "
         "(WER after normalisation; byte-exact compares the raw text). " + clips_note(parity),
-        transcript_table(parity),
+        transcript_table(parity, is_ctc(meta)),
         full_transcripts(parity),
         "### Gates",
         gates_rule(parity),

@@ -25,11 +25,18 @@ from ..checkpoint import TRAINED_DIR, TRAINED_MODEL
 from ..errors import BundleError
 from ..parity.report import FP32
 from ..parity.report import REPORT_FILE as PARITY_REPORT
-from ..runtime.bundle import REEXPORT, bundle_features, eos_ids, graph_file
+from ..runtime.bundle import (
+    REEXPORT,
+    bundle_features,
+    bundle_graph_names,
+    ctc_bundle_features,
+    eos_ids,
+    graph_file,
+)
 from ..runtime.features import min_audio_samples
 from ..runtime.prompt import PromptBuilder
 from ..sidecar import graph_tensors
-from ..specs import BUNDLE_GRAPHS, FRONTEND, ModelDims
+from ..specs import ALL_GRAPHS, BUNDLE_GRAPHS, CTC, FRONTEND, CtcDims, ModelDims
 from ..userfiles import is_dir, is_file, json_kind, read_json_object
 
 SCHEMA_VERSION = 1
@@ -84,7 +91,7 @@ def _field(report: dict, key: str, path: Path, kind: type | None = None):
 def graph_identity(stem: str) -> tuple[str, str | None]:
     """``encoder`` -> (encoder, fp32), ``encoder_int8`` -> (encoder, int8), anything else -> (stem, None).
     ``frontend`` -> (frontend, fp32): one float32 file that every tier runs."""
-    for name in BUNDLE_GRAPHS:
+    for name in ALL_GRAPHS:
         if stem == name:
             return name, FP32
         if stem.startswith(f"{name}_"):
@@ -205,8 +212,10 @@ def describe_graph(path: Path) -> dict:
 
 
 def describe_graphs(bundle: Path) -> dict[str, dict]:
-    """Every ``*.onnx`` of the bundle keyed by file stem; the four FP32 graphs must be there."""
-    missing = [f"{name}.onnx" for name in BUNDLE_GRAPHS if not (bundle / f"{name}.onnx").is_file()]
+    """Every ``*.onnx`` of the bundle keyed by file stem; every FP32 graph of its contract must be there
+    (frontend.onnx and the three, or ctc.onnx)."""
+    required = (CTC,) if is_ctc(bundle) else BUNDLE_GRAPHS
+    missing = [f"{name}.onnx" for name in required if not (bundle / f"{name}.onnx").is_file()]
     if missing:
         raise BundleError(
             f"{bundle} lacks {', '.join(missing)}: run `granite-onnx export` (all graphs) again"
@@ -219,7 +228,7 @@ def graph_order(graph: dict) -> tuple:
     """FP32 first, then tiers by name; within a tier, pipeline order (frontend, encoder, prompt_encode,
     decode_step)."""
     name, tier = graph["graph"], graph["tier"]
-    position = BUNDLE_GRAPHS.index(name) if name in BUNDLE_GRAPHS else len(BUNDLE_GRAPHS)
+    position = ALL_GRAPHS.index(name) if name in ALL_GRAPHS else len(ALL_GRAPHS)
     return (tier != FP32, tier or "", position, graph["file"])
 
 
@@ -325,8 +334,21 @@ def _first_set(key: str, *sources: dict):
     return next((s[key] for s in sources if s.get(key) is not None), None)
 
 
+def is_ctc(bundle: Path) -> bool:
+    return bundle_graph_names(bundle) == (CTC,)
+
+
 def token_ids(config: dict, generation: dict | None) -> dict:
-    """Audio placeholder id from config.json; bos/eos/pad from generation_config.json, else text_config."""
+    """Audio placeholder id from config.json; bos/eos/pad from generation_config.json, else text_config.
+    A CTC config (no text_config) has a blank (its pad_token_id) and no audio placeholder."""
+    if "text_config" not in config and config.get("pad_token_id") is not None:
+        return {
+            "audio": None,
+            "bos": None,
+            "eos": None,
+            "pad": config["pad_token_id"],
+            "blank": config["pad_token_id"],
+        }
     text = config.get("text_config")
     text = text if isinstance(text, dict) else {}  # the schema then flags the ids it could not find
     gen = generation or {}
@@ -370,6 +392,46 @@ def describe_prompt(bundle: Path, config: dict) -> dict:
         "eos_token_ids": list(eos_ids(bundle, config)),
         "max_positions": max_positions,
         "max_audio_tokens": parts.max_audio_tokens(max_positions),
+    }
+
+
+CTC_RECIPE = (
+    "log-mel as frontend.onnx's (power STFT, HTK bank, log10, floor at max - logmel_floor_db, /4 + 1) after "
+    "right-padding to (2 * ceil((samples // hop) / 2) - 1) * hop + 1 samples, cut to that even frame count; "
+    "deltas (x[t+1] - x[t-1]) / 2 with edge frames repeated appended per frame (n_mels -> 2 * n_mels); frame "
+    "pairs stacked (-> feature_dim); attention_mask all ones (granite_onnx.runtime.ctc_features)"
+)
+
+
+def describe_ctc_audio(bundle: Path) -> dict:
+    """What a CTC bundle's graph takes: its front-end is the numpy recipe (no frontend.onnx)."""
+    cfg = ctc_bundle_features(bundle)
+    return {
+        "frontend": None,
+        "recipe": CTC_RECIPE,
+        "sampling_rate": cfg.sampling_rate,
+        "min_samples": min_audio_samples(cfg.stft),
+        "channels": "mono: average the channels first",
+        "pcm16_scale": 32768,
+        "hop_length": cfg.hop_length,
+        "n_mels": cfg.stft.n_mels,
+        "delta_win_length": cfg.delta_win_length,
+        "logmel_floor_db": cfg.logmel_floor_db,
+        "feature_dim": 4 * cfg.stft.n_mels,
+    }
+
+
+def describe_ctc_decode(config: dict, config_path: Path) -> dict:
+    try:
+        dims = CtcDims.from_config(config)
+    except ValueError as exc:
+        raise BundleError(f"{config_path}: {exc}: {REEXPORT}") from exc
+    return {
+        "blank_id": dims.blank_id,
+        "subsampling": dims.subsampling,
+        "vocab": dims.vocab,
+        "rule": "argmax per frame over the first valid_frames (input frames halved, rounding down, "
+        "subsampling times); merge runs of one id; drop blank_id; decode the rest with tokenizer.json",
     }
 
 
@@ -423,15 +485,21 @@ def collect_metadata(bundle: Path) -> dict:
     config = read_json(config_path, "export again, it is copied from the checkpoint")
     generation = read_optional_json(bundle / "generation_config.json", "export again")
     parity = read_optional_json(bundle / PARITY_REPORT, f"run `granite-onnx parity --bundle {bundle}` again")
+    ctc = is_ctc(bundle)
+    contract = {
+        "contract": "ctc" if ctc else "autoregressive",
+        **({"ctc_decode": describe_ctc_decode(config, config_path)} if ctc else {}),
+    }
     return {
         "schema_version": SCHEMA_VERSION,
+        **contract,
         "source_model": describe_source(_field(export, "source", report_path, dict), config_path),
         "toolchain": describe_toolchain(export, report_path),
         "graphs": describe_graphs(bundle),
         "files": describe_files(bundle, export.get("copied_files", [])),
         "token_ids": token_ids(config, generation),
-        "prompt": describe_prompt(bundle, config),
-        "audio": describe_audio(bundle),
+        "prompt": None if ctc else describe_prompt(bundle, config),
+        "audio": describe_ctc_audio(bundle) if ctc else describe_audio(bundle),
         "export": export_checks(export),
         "quantisation": read_quantisation(bundle),
         "parity": parity,

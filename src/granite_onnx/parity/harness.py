@@ -22,14 +22,16 @@ from ..checkpoint import CheckpointSource, load_reference_model
 from ..errors import GraniteOnnxError
 from ..registry import entry_of_fixture
 from ..runtime.audio import load_audio
-from ..runtime.bundle import available_tiers
+from ..runtime.bundle import available_tiers, bundle_graph_names
 from ..runtime.cpu import current_cpu
 from ..runtime.features import audio_token_count, log_mel
 from ..runtime.pipeline import SpeechPipeline
 from ..runtime.saturation import tier_verdict
+from ..specs import CTC
 from ..userfiles import is_file, shown_path
 from . import reference
 from .clips import Clip, load_clip_sets
+from .ctc import run_ctc_parity
 from .metrics import (
     NEAR_TIE_PERCENTILE,
     NORMALISATION,
@@ -330,6 +332,30 @@ def _check_same_model(bundle: Path, checkpoint: Path) -> None:
         )
 
 
+def _run_autoregressive(bundle, checkpoint, clips, ref_clip, tiers, options, tick):
+    """The numeric blocks and per-clip parity of an autoregressive bundle (clips in ``options.jobs``
+    processes)."""
+    args = (Path(bundle), checkpoint.path, tuple(tiers), options.max_new_tokens, options.threads)
+    ctx = _Context(*args)
+    blocks = tuple(single_clip_block(ctx, tier, ref_clip) for tier in tiers)
+    tick(0, len(clips), "numeric block done")
+    if options.jobs > 1:
+        spawn = multiprocessing.get_context("spawn")  # forked torch threads can hang
+        with cf.ProcessPoolExecutor(
+            options.jobs, mp_context=spawn, initializer=_init_worker, initargs=args
+        ) as pool:
+            results = []
+            for i, result in enumerate(pool.map(_run_clip, clips), 1):
+                results.append(result)
+                tick(i, len(clips), result.clip)
+    else:
+        results = []
+        for i, clip in enumerate(clips, 1):
+            results.append(clip_parity(ctx, clip))
+            tick(i, len(clips), clip.name)
+    return blocks, tuple(results)
+
+
 _WORKER: _Context | None = None
 
 
@@ -366,26 +392,17 @@ def run_parity(
     if ref_clip is None:
         raise GraniteOnnxError(f"--reference {options.reference_clip} is not among the clips in {clips_dir}")
     tiers = options.tiers or tuple(tier_label(t) for t in available_tiers(bundle))
-    args = (Path(bundle), checkpoint.path, tuple(tiers), options.max_new_tokens, options.threads)
-    ctx = _Context(*args)
     tick = progress or (lambda done, total, what: None)
-    blocks = tuple(single_clip_block(ctx, tier, ref_clip) for tier in tiers)
-    tick(0, len(clips), "numeric block done")
-    if options.jobs > 1:
-        spawn = multiprocessing.get_context("spawn")  # forked torch threads can hang
-        with cf.ProcessPoolExecutor(
-            options.jobs, mp_context=spawn, initializer=_init_worker, initargs=args
-        ) as pool:
-            results = []
-            for i, result in enumerate(pool.map(_run_clip, clips), 1):
-                results.append(result)
-                tick(i, len(clips), result.clip)
+    if bundle_graph_names(Path(bundle)) == (CTC,):  # one graph, per-frame labels (see parity/ctc.py)
+        blocks, multi = run_ctc_parity(
+            bundle, checkpoint, clips, ref_clip, tuple(tiers), options.threads, tick
+        )
     else:
-        results = []
-        for i, clip in enumerate(clips, 1):
-            results.append(clip_parity(ctx, clip))
-            tick(i, len(clips), clip.name)
-    multi = tuple(results)
+        blocks, multi = _run_autoregressive(bundle, checkpoint, clips, ref_clip, tiers, options, tick)
+    sets = {
+        name: {"folder": shown_path(folder), **summary}
+        for folder, (name, summary) in zip(folders, set_summaries(multi, tuple(tiers)).items(), strict=True)
+    }
     return ParityReport(
         model={
             "path": str(checkpoint.path),
@@ -406,12 +423,7 @@ def run_parity(
             quantised_gate,
         ),
         quantised_gate=quantised_gate,
-        sets={
-            name: {"folder": shown_path(folder), **summary}
-            for folder, (name, summary) in zip(
-                folders, set_summaries(multi, tuple(tiers)).items(), strict=True
-            )
-        },
+        sets=sets,
         gate_set=options.gate_set,
         ungated=tuple(t for t in options.ungated if t in tiers),
         cpu=current_cpu().to_json(),

@@ -42,7 +42,8 @@ def summary_lines(report: ParityReport) -> list[str]:
             continue
         lines.append(
             f"  {b.tier:8s} {b.encoder.max_abs:9.2e} {b.encoder.p99_abs:9.2e} {b.prompt_logits_max_abs:9.2e} "
-            f"{'ok' if b.prompt_argmax_agrees else 'DIFF':>6s} {b.kv_max_abs:9.2e} "
+            f"{'ok' if b.prompt_argmax_agrees else 'DIFF':>6s} "
+            f"{'-' if b.kv_max_abs is None else f'{b.kv_max_abs:9.2e}':>9s} "
             f"{f'{b.decode.mismatches}/{b.decode.steps}':>9s} {'match' if b.transcript_match else 'DIFFERS'}"
         )
     lines.append("transcripts (WER vs PyTorch / vs human reference, edit distance vs fp32):")

@@ -17,9 +17,11 @@ from onnxruntime.quantization import CalibrationDataReader
 from ..parity.clips import load_clips
 from ..runtime.audio import load_audio
 from ..runtime.bundle import Bundle
+from ..runtime.ctc import ctc_feeds
+from ..runtime.ctc_features import ctc_features
 from ..runtime.features import audio_token_count, log_mel
 from ..runtime.pipeline import SpeechPipeline
-from ..specs import DECODE_STEP, ENCODER, PROMPT_ENCODE
+from ..specs import CTC, DECODE_STEP, ENCODER, PROMPT_ENCODE
 
 Feeds = dict[str, np.ndarray]
 
@@ -77,7 +79,8 @@ def collect(
     graphs: tuple[str, ...] = (ENCODER, PROMPT_ENCODE, DECODE_STEP),
 ) -> CalibrationSet:
     """Run every clip of ``clips_dir`` through the FP32 bundle and store the inputs of ``graphs`` in
-    ``scratch`` (only what they need runs: the encoder's inputs are the log-mel alone).
+    ``scratch`` (only what they need runs: the encoder's inputs are the log-mel alone, and so are a CTC
+    graph's, with its mask).
 
     decode_step gets every ``decode_stride``-th of the first ``decode_steps * decode_stride`` greedy
     steps of each clip: activations grow as the cache fills, and ranges taken from the first few
@@ -88,6 +91,11 @@ def collect(
     stores = {g: FeedStore(scratch, g) for g in graphs}
     clips = load_clips(clips_dir)
     kept = tuple(range(0, decode_steps * decode_stride, decode_stride)) if DECODE_STEP in graphs else ()
+    if CTC in stores:  # one graph: the clip's features and their all-ones mask
+        for clip in clips:
+            audio = load_audio(clip.path, fp32.features.sampling_rate)
+            stores[CTC].append(ctc_feeds(ctc_features(audio, fp32.features)[None]))
+        return CalibrationSet(tuple(c.name for c in clips), stores, ())
     features, lengths = [], []
     for clip in clips:
         audio = load_audio(clip.path, fp32.features.sampling_rate)

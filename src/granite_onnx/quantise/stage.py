@@ -27,7 +27,7 @@ from ..runtime.bundle import Bundle, graph_file
 from ..runtime.cpu import current_cpu
 from ..runtime.saturation import tier_verdict
 from ..sidecar import external_files
-from ..specs import DECODE_STEP, GRAPH_NAMES, PROMPT_ENCODE
+from ..specs import DECODE_STEP, PROMPT_ENCODE
 from ..staging import check_output_dir, make_temp_dir, merge_into
 from ..stamps import Stamp, digests, folder_files, stored_report, write_stamp
 from ..toolchain import peak_rss_mib
@@ -36,7 +36,7 @@ from . import static
 from .calibration import CalibrationSet, collect
 from .job import GraphJob
 from .report import GraphQuantisation, TierReport, count_changes, graph_bytes, op_counts, report_file
-from .tiers import TIERS, Tier
+from .tiers import TIERS, Tier, tier_graphs
 
 
 class QuantiseError(GraniteOnnxError):
@@ -143,7 +143,11 @@ def quantise_bundle(
         raise GraniteOnnxError(
             f"unknown calibration {options.calibration!r}: choose from {', '.join(static.METHODS)}"
         )
-    sources = {g: fp32.path(g) for g in tier.graphs}
+    graph_names = fp32.dims.graph_names
+    written = tier_graphs(tier, graph_names)
+    if not written:
+        raise GraniteOnnxError(f"tier {tier.name} writes no graph of this bundle ({', '.join(graph_names)})")
+    sources = {g: fp32.path(g) for g in written}
     excluded = expand_exclude(options.exclude, sources)
     if tier.needs_clips and options.clips is None:
         raise GraniteOnnxError(f"tier {tier.name} calibrates on real audio: pass --clips DIR")
@@ -164,7 +168,7 @@ def quantise_bundle(
                 options.decode_steps,
                 options.decode_stride,
                 options.threads,
-                tier.graphs,
+                written,
             )
         graphs = []
         for name, src in sources.items():
@@ -200,7 +204,7 @@ def quantise_bundle(
                     details=details,
                 )
             )
-        if options.layout == "shared" and {PROMPT_ENCODE, DECODE_STEP} <= set(tier.graphs):
+        if options.layout == "shared" and {PROMPT_ENCODE, DECODE_STEP} <= set(written):
             say(f"{tier.name}: shared layout, the LLM weights of prompt_encode and decode_step stored once")
             share_llm_weights(stage, tier.name)
         say(f"{tier.name}: portability audit")
@@ -211,7 +215,7 @@ def quantise_bundle(
             tier=tier.name,
             method=tier.method,
             graphs=tuple(graphs),
-            fp32_graphs=tuple(g for g in GRAPH_NAMES if g not in tier.graphs),
+            fp32_graphs=tuple(g for g in graph_names if g not in written),
             options=options.to_json(),
             seconds=round(time.perf_counter() - start, 3),
             peak_rss_mib=peak_rss_mib(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..specs import ENCODER, GRAPH_NAMES
+from ..specs import CTC, ENCODER, GRAPH_NAMES
 from . import dynamic, fp16, static, weight_only
 from .job import GraphJob
 
@@ -73,3 +73,14 @@ TIERS = {
     )
 }
 DEFAULT_TIERS = ("int8", "int8w", "int8s", "fp16")  # what `--tier all` writes
+
+
+def tier_graphs(tier: Tier, graph_names: tuple[str, ...]) -> tuple[str, ...]:
+    """The graphs ``tier`` writes in a bundle whose model graphs are ``graph_names``: every one for a tier
+    declared over all of them (GRAPH_NAMES), and for the encoder-only fp16 tier the audio encoder, which in a
+    CTC bundle is the one graph (the conformer with its head)."""
+    if tier.graphs == GRAPH_NAMES:
+        return graph_names
+    if graph_names == (CTC,) and tier.graphs == (ENCODER,):
+        return (CTC,)
+    return tuple(g for g in tier.graphs if g in graph_names)

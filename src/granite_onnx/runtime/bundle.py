@@ -7,8 +7,18 @@ from pathlib import Path
 
 from ..errors import BundleError
 from ..identity import check_same_export
-from ..specs import GRAPH_NAMES, GraphSpec, ModelDims, graph_specs
-from ..userfiles import is_dir, is_file, one_line, read_json_object
+from ..specs import (
+    CTC,
+    CTC_MODEL_TYPE,
+    GRAPH_NAMES,
+    CtcDims,
+    GraphSpec,
+    ModelDims,
+    dims_from_config,
+    graph_specs,
+)
+from ..userfiles import is_dir, is_file, one_line, read_json, read_json_object
+from .ctc_features import CtcFeatureConfig
 from .features import FeatureConfig
 
 # The fix for a bundle file that is corrupt or hand-edited: the export writes (or copies) all of them.
@@ -18,6 +28,16 @@ REEXPORT = "re-run `granite-onnx export` to rewrite the bundle"
 def graph_file(name: str, tier: str | None = None) -> str:
     """``encoder.onnx`` for FP32, ``encoder_int8.onnx`` for a tier."""
     return f"{name}_{tier}.onnx" if tier else f"{name}.onnx"
+
+
+def bundle_graph_names(folder: Path) -> tuple[str, ...]:
+    """The model graphs of the bundle at ``folder`` by its contract: ``ctc`` for a 5.0 CTC config.json,
+    else the autoregressive three (also when config.json is missing or unreadable: Bundle.open says so)."""
+    try:
+        config = read_json(Path(folder) / "config.json", BundleError, REEXPORT)
+    except BundleError:
+        return GRAPH_NAMES
+    return (CTC,) if isinstance(config, dict) and config.get("model_type") == CTC_MODEL_TYPE else GRAPH_NAMES
 
 
 def tier_fp32_graphs(folder: Path, tier: str) -> tuple[str, ...]:
@@ -34,7 +54,7 @@ def tier_fp32_graphs(folder: Path, tier: str) -> tuple[str, ...]:
     declared = data.get("fp32_graphs")
     if not isinstance(declared, list):
         return ()
-    return tuple(n for n in declared if isinstance(n, str) and n in GRAPH_NAMES)
+    return tuple(n for n in declared if isinstance(n, str) and n in bundle_graph_names(folder))
 
 
 def resolve_graphs(folder: Path, tier: str | None) -> tuple[dict[str, Path], list[str]]:
@@ -42,7 +62,7 @@ def resolve_graphs(folder: Path, tier: str | None) -> tuple[dict[str, Path], lis
     folder = Path(folder)
     fp32 = tier_fp32_graphs(folder, tier) if tier else ()
     paths, missing = {}, []
-    for name in GRAPH_NAMES:
+    for name in bundle_graph_names(folder):
         path = folder / graph_file(name, None if name in fp32 else tier)
         paths[name] = path
         if not is_file(path):
@@ -57,13 +77,20 @@ def bundle_features(folder: Path, fix: str = REEXPORT) -> FeatureConfig:
     return FeatureConfig.from_file(pre, fix) if pre.is_file() else FeatureConfig()
 
 
+def ctc_bundle_features(folder: Path, fix: str = REEXPORT) -> CtcFeatureConfig:
+    """The 5.0 feature extractor's settings of a CTC bundle or checkpoint (its defaults when absent)."""
+    pre = Path(folder) / "preprocessor_config.json"
+    return CtcFeatureConfig.from_file(pre, fix) if pre.is_file() else CtcFeatureConfig()
+
+
 @dataclass(frozen=True)
 class Bundle:
-    """A bundle folder: graphs, ``config.json`` (dims, token ids) and processor files."""
+    """A bundle folder: graphs, ``config.json`` (dims, token ids) and processor files. ``dims`` is a
+    CtcDims (and ``features`` a CtcFeatureConfig) for a CTC bundle."""
 
     folder: Path
-    dims: ModelDims
-    features: FeatureConfig
+    dims: ModelDims | CtcDims
+    features: FeatureConfig | CtcFeatureConfig
     eos_token_ids: tuple[int, ...]
     tier: str | None = None
     graphs: dict[str, Path] | None = None  # graph name -> file this tier runs
@@ -87,12 +114,17 @@ class Bundle:
             )
         config = read_json_object(config_path, BundleError, REEXPORT)
         try:
-            dims = ModelDims.from_config(config)
+            dims = dims_from_config(config)
         except ValueError as exc:
             raise BundleError(f"{config_path}: {one_line(exc)}: {REEXPORT}") from exc
-        features = bundle_features(folder)
         check_same_export(graphs)  # a graph copied in from another bundle is refused before it runs
-        return cls(folder, dims, features, eos_ids(folder, config), tier, graphs)
+        if isinstance(dims, CtcDims):  # no end of sequence: CTC emits one label per frame
+            return cls(folder, dims, ctc_bundle_features(folder), (), tier, graphs)
+        return cls(folder, dims, bundle_features(folder), eos_ids(folder, config), tier, graphs)
+
+    @property
+    def is_ctc(self) -> bool:
+        return isinstance(self.dims, CtcDims)
 
     @property
     def specs(self) -> dict[str, GraphSpec]:
@@ -128,9 +160,9 @@ def eos_ids(folder: Path, config: dict) -> tuple[int, ...]:
 
 
 def available_tiers(folder: Path) -> list[str | None]:
-    """FP32 (None) plus every tier whose three graphs all resolve (see :func:`resolve_graphs`), by name."""
+    """FP32 (None) plus every tier whose graphs all resolve (see :func:`resolve_graphs`), by name."""
     folder = Path(folder)
     found = set()
-    for name in GRAPH_NAMES:
+    for name in bundle_graph_names(folder):
         found |= {p.stem[len(name) + 1 :] for p in folder.glob(f"{name}_*.onnx")}
     return [None] + [t for t in sorted(found) if not resolve_graphs(folder, t)[1]]
