@@ -35,6 +35,7 @@ from granite_onnx.specs import GRAPH_NAMES, ModelDims, graph_specs
 
 TOP_LEVEL = {
     "schema_version",
+    "contract",
     "audio",
     "source_model",
     "toolchain",
@@ -96,6 +97,7 @@ def test_metadata_validates_against_the_schema(metadata):
         ("source_model", "config_sha256"),
         ("token_ids", "audio"),
         ("schema_version",),
+        ("contract",),
     ],
     ids=lambda p: ".".join(map(str, p)),
 )

@@ -1,14 +1,17 @@
 // Reference transcriber for a granite-onnx bundle: onnxruntime-node (CPU) and tokenizer.json, no Python.
 // usage: node examples/node/transcribe.mjs BUNDLE AUDIO.wav [MORE.wav ...] [--tier T] [--max-new-tokens N]
 //        [--features-dir DIR]  (also writes each file's input_features there as raw float32, for checking)
-// Runs frontend -> encoder -> prompt_encode -> decode_step (greedy). Prints one JSON object per file, so the
-// last line is {"text", "token_ids", "prompt_ids", "audio_token_count", "tier", ...}. Errors: one line, exit 2.
+// Runs frontend -> encoder -> prompt_encode -> decode_step (greedy); a CTC bundle (metadata contract "ctc"):
+// frontend -> ctc, then greedy CTC decoding (argmax per frame, merge repeats, drop the blank). Prints one JSON
+// object per file, so the last line is {"text", "token_ids", "prompt_ids", "audio_token_count", "tier", ...}.
+// Errors: one line, exit 2.
 import fs from "node:fs";
 import path from "node:path";
 import * as ort from "onnxruntime-node";
 import { Tokenizer } from "@huggingface/tokenizers";
 
 const GRAPHS = ["encoder", "prompt_encode", "decode_step"];
+const CTC_GRAPHS = ["ctc"];
 
 function fail(message) {
   console.error(`error: ${message}`);
@@ -65,7 +68,7 @@ function readWav(file, rate) {
 // The file each graph of a tier runs (FP32 when tier is null); a tier may declare graphs it keeps in FP32.
 function graphFiles(bundle, meta, tier) {
   const fp32 = tier ? (meta.quantisation?.[tier]?.fp32_graphs ?? []) : [];
-  return Object.fromEntries(GRAPHS.map((g) => {
+  return Object.fromEntries((meta.contract === "ctc" ? CTC_GRAPHS : GRAPHS).map((g) => {
     const file = path.join(bundle, tier && !fp32.includes(g) ? `${g}_${tier}.onnx` : `${g}.onnx`);
     if (!fs.existsSync(file)) fail(`${file} is missing (tier ${tier ?? "fp32"})`);
     return [g, file];
@@ -91,12 +94,7 @@ async function transcribe(audioFile, sessions, meta, tokenizer, opts) {
     num_samples: new ort.Tensor("int64", BigInt64Array.from([BigInt(samples.length)]), [1]),
   });
   const audioTokens = Number(fe.audio_token_count.data[0]);
-  let featuresFile = null;
-  if (opts.featuresDir) {
-    featuresFile = path.join(opts.featuresDir, `${path.basename(audioFile, path.extname(audioFile))}.f32`);
-    const f = fe.input_features.data;
-    fs.writeFileSync(featuresFile, Buffer.from(f.buffer, f.byteOffset, f.byteLength));
-  }
+  const featuresFile = dumpFeatures(opts, audioFile, fe.input_features);
   const { audio_embeds } = await encoder.run({ input_features: fe.input_features });
   if (audio_embeds.dims[1] !== audioTokens) fail(`the encoder gave ${audio_embeds.dims[1]} embeddings, the front-end counts ${audioTokens}`);
 
@@ -132,22 +130,68 @@ async function transcribe(audioFile, sessions, meta, tokenizer, opts) {
   };
 }
 
+function dumpFeatures(opts, audioFile, features) {
+  if (!opts.featuresDir) return null;
+  const file = path.join(opts.featuresDir, `${path.basename(audioFile, path.extname(audioFile))}.f32`);
+  const f = features.data;
+  fs.writeFileSync(file, Buffer.from(f.buffer, f.byteOffset, f.byteLength));
+  return file;
+}
+
+// A CTC bundle: frontend.onnx gives the features and their mask, ctc.onnx the logits per (subsampled) frame.
+async function transcribeCtc(audioFile, sessions, meta, tokenizer, opts) {
+  const { audio, ctc_decode: decode } = meta;
+  const start = performance.now();
+  const samples = readWav(audioFile, audio.sampling_rate);
+  if (samples.length < audio.min_samples) fail(`${audioFile} is ${samples.length} samples long; the front-end needs at least ${audio.min_samples}`);
+  const fe = await sessions.frontend.run({
+    waveform: new ort.Tensor("float32", samples, [1, samples.length]),
+    num_samples: new ort.Tensor("int64", BigInt64Array.from([BigInt(samples.length)]), [1]),
+  });
+  const featuresFile = dumpFeatures(opts, audioFile, fe.input_features);
+  const { logits } = await sessions.ctc.run({ input_features: fe.input_features, attention_mask: fe.attention_mask });
+  let valid = fe.attention_mask.data.reduce((n, v) => n + Number(v), 0);
+  for (let i = 0; i < decode.subsampling; i++) valid = Math.floor(valid / 2);
+  if (logits.dims[1] !== valid) fail(`ctc gave ${logits.dims[1]} frames where ${fe.input_features.dims[1]} feature rows give ${valid}`);
+  const vocab = logits.dims[2], tokens = [];
+  let previous = -1;
+  for (let t = 0; t < valid; t++) {
+    const label = argmax(logits.data, t * vocab, vocab);
+    if (label !== previous && label !== decode.blank_id) tokens.push(label);
+    previous = label;
+  }
+  const text = tokenizer.decode(tokens, { skip_special_tokens: true, clean_up_tokenization_spaces: false }).trim();
+  return {
+    file: audioFile, features_file: featuresFile, features_shape: fe.input_features.dims, text, token_ids: tokens, prompt_ids: [], audio_token_count: valid,
+    tier: opts.tier ?? "fp32", stopped_on_eos: false, audio_seconds: samples.length / audio.sampling_rate,
+    seconds: (performance.now() - start) / 1000, onnxruntime: ort.env.versions?.common ?? null,
+  };
+}
+
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
   const [bundle, ...audioFiles] = opts.positional;
   const metaFile = path.join(bundle, "granite_export_metadata.json");
   if (!fs.existsSync(metaFile)) fail(`${metaFile} is missing: run \`granite-onnx metadata --bundle ${bundle}\``);
   const meta = JSON.parse(fs.readFileSync(metaFile, "utf8"));
-  if (!meta.audio || !meta.prompt?.prefix_ids) fail(`${metaFile} predates the front-end graph: export the bundle again`);
+  const ctc = meta.contract === "ctc";
+  if (!meta.audio?.frontend || !(ctc ? meta.ctc_decode : meta.prompt?.prefix_ids)) fail(`${metaFile} predates the front-end graph: export the bundle again`);
 
   // Sessions are opened by path, so each graph's sidecar (and a shared one) resolves beside it.
   const open = (file) => ort.InferenceSession.create(file, { executionProviders: ["cpu"] });
   const files = graphFiles(bundle, meta, opts.tier);
-  const [frontend, encoder, promptEncode, decodeStep] = await Promise.all(
-    [path.join(bundle, meta.audio.frontend), files.encoder, files.prompt_encode, files.decode_step].map(open));
   const read = (name) => JSON.parse(fs.readFileSync(path.join(bundle, name), "utf8"));
   const configFile = path.join(bundle, "tokenizer_config.json");
   const tokenizer = new Tokenizer(read("tokenizer.json"), fs.existsSync(configFile) ? read("tokenizer_config.json") : {});
+  if (ctc) {
+    const [frontend, ctcSession] = await Promise.all([path.join(bundle, meta.audio.frontend), files.ctc].map(open));
+    for (const file of audioFiles) {
+      console.log(JSON.stringify(await transcribeCtc(file, { frontend, ctc: ctcSession }, meta, tokenizer, opts)));
+    }
+    return;
+  }
+  const [frontend, encoder, promptEncode, decodeStep] = await Promise.all(
+    [path.join(bundle, meta.audio.frontend), files.encoder, files.prompt_encode, files.decode_step].map(open));
   for (const file of audioFiles) {
     const result = await transcribe(file, { frontend, encoder, promptEncode, decodeStep }, meta, tokenizer, opts);
     console.log(JSON.stringify(result));

@@ -303,14 +303,14 @@ def transcribe(bundle, tier, max_new_tokens, threads, as_json, frontend, prompt,
 
 
 def _transcribe_ctc(bundle, tier, threads, as_json, frontend, prompt, task, audio) -> None:
-    """transcribe for a CTC bundle: no prompt, no task, the numpy front-end (its features have deltas)."""
+    """transcribe for a CTC bundle: no prompt, no task, greedy CTC decoding."""
     from .runtime.ctc import CtcPipeline
 
     if prompt is not None or task != "asr":
-        raise click.UsageError("a CTC bundle takes no --prompt and no --task: it transcribes only")
-    if frontend != "numpy":
-        raise click.UsageError("a CTC bundle has no frontend.onnx: use --frontend numpy")
-    pipeline = CtcPipeline(bundle, tier=tier, threads=threads)
+        raise GraniteOnnxError(
+            f"{bundle} is a CTC bundle: it takes no --prompt and no --task, it transcribes"
+        )
+    pipeline = CtcPipeline(bundle, tier=tier, threads=threads, frontend=frontend)
     for path in audio:
         result = pipeline.transcribe_file(path)
         if as_json:

@@ -203,10 +203,10 @@ TINY_LORA = TinySpec(lora_rank=4, lora_alpha=2.0, lora_b_std=2.0)
 # clear frame argmax margin; the BatchNorm statistics are redrawn so the export's folding is not an identity.
 # With random weights alone every frame of every clip gave the same token (measured: ' wit' on jfk,
 # librispeech and the stereo clip): the log-mel's level (about 0.5 in every bin) reaches the encoder as one
-# constant vector per frame, and the sharp self-conditioning head adds another. So input_linear's bias cancels a level of
-# ctc_input_level, out_mid is scaled by ctc_mid_gain and the blank gets ctc_blank_bias: measured on jfk,
-# librispeech, the stereo clip and asterisk, 17/15/56/46 tokens after collapsing (5-14 distinct ids), 0-44 %
-# blank frames, 10th-percentile top-1/top-2 frame margin 0.18-0.35.
+# constant vector per frame, and the sharp self-conditioning head adds another. So input_linear's bias
+# cancels a level of ctc_input_level, out_mid is scaled by ctc_mid_gain and the blank gets ctc_blank_bias:
+# measured on jfk, librispeech, the stereo clip and asterisk, 21/21/67/28 ids after collapsing (5-15
+# distinct), 0-46 % blank frames, 10th-percentile top-1/top-2 frame margin 0.15-0.52.
 CTC_FAMILY = "granite_speech5_ctc"
 BLANK_TOKEN = "<|blank|>"
 TINY_CTC = TinySpec(

@@ -20,13 +20,13 @@ from pathlib import Path
 
 from .errors import CheckpointError
 from .runtime.prompt import PromptStyle
-from .specs import BUNDLE_GRAPHS, CTC, CTC_MODEL_TYPE, GRAPH_NAMES
+from .specs import BUNDLE_GRAPHS, CTC, CTC_MODEL_TYPE, FRONTEND, GRAPH_NAMES
 
 AUTOREGRESSIVE = "autoregressive"
 CTC_CONTRACT = "ctc"
 # Per contract: the model graphs (every tier has its own) and every graph of an FP32 bundle, in order.
 CONTRACT_GRAPHS = {AUTOREGRESSIVE: GRAPH_NAMES, CTC_CONTRACT: (CTC,)}
-CONTRACT_BUNDLE_GRAPHS = {AUTOREGRESSIVE: BUNDLE_GRAPHS, CTC_CONTRACT: (CTC,)}
+CONTRACT_BUNDLE_GRAPHS = {AUTOREGRESSIVE: BUNDLE_GRAPHS, CTC_CONTRACT: (FRONTEND, CTC)}
 
 # The model cards' prompts (IBM's granite_speech/prompts.py and the cards' examples).
 INSTRUCTION_4_0 = "can you transcribe the speech into a written format?"

@@ -303,6 +303,22 @@ def ctc_spec(dims: CtcDims) -> GraphSpec:
     )
 
 
+def ctc_frontend_spec(feature_dim: int) -> GraphSpec:
+    """A CTC bundle's ``frontend.onnx`` (``export/ctc_frontend.py``): the same inputs as the autoregressive
+    front-end -> the CTC graph's two inputs, ``input_features`` and its ``attention_mask``."""
+    return GraphSpec(
+        FRONTEND,
+        inputs=(
+            TensorSpec("waveform", "float32", ("batch", "samples")),
+            TensorSpec("num_samples", "int64", ("batch",)),
+        ),
+        outputs=(
+            TensorSpec("input_features", "float32", ("batch", "frames", feature_dim)),
+            TensorSpec("attention_mask", "int64", ("batch", "frames")),
+        ),
+    )
+
+
 def graph_specs(dims: ModelDims | CtcDims) -> dict[str, GraphSpec]:
     if isinstance(dims, CtcDims):
         return {CTC: ctc_spec(dims)}

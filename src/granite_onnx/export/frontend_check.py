@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import GraniteOnnxError
 from ..parity.clips import load_clips
 from ..runtime.audio import load_audio
+from ..runtime.ctc_features import CtcFeatureConfig, ctc_features_batch
 from ..runtime.features import FeatureConfig, audio_token_count, log_mel_batch, min_audio_samples
 from ..runtime.frontend import OnnxFrontend
 from ..userfiles import is_dir
@@ -36,7 +37,7 @@ class FrontendCase:
     samples: tuple[int, ...]
     frames: int
     max_abs_error: float
-    token_counts: tuple[int, ...]
+    token_counts: tuple[int, ...]  # a CTC front-end's: the valid rows of each utterance's attention_mask
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,13 @@ class FrontendCheck:
         return {**asdict(self), "worst": self.worst}
 
 
-def synthetic_cases(cfg: FeatureConfig, seed: int = 0) -> dict[str, list[np.ndarray]]:
+def _stft(cfg: FeatureConfig | CtcFeatureConfig) -> FeatureConfig:
+    return cfg.stft if isinstance(cfg, CtcFeatureConfig) else cfg
+
+
+def synthetic_cases(cfg: FeatureConfig | CtcFeatureConfig, seed: int = 0) -> dict[str, list[np.ndarray]]:
     """Named waveform lists (each list is one batch) that are not speech but break front-ends."""
+    cfg = _stft(cfg)
     rng = np.random.default_rng(seed)
     sr, hop = cfg.sampling_rate, cfg.hop_length
     even = (sr // hop) * hop - hop  # L // hop + 1 mel frames: even here, odd one hop later
@@ -70,8 +76,11 @@ def synthetic_cases(cfg: FeatureConfig, seed: int = 0) -> dict[str, list[np.ndar
     }
 
 
-def clip_cases(folder: Path | None, cfg: FeatureConfig) -> tuple[dict[str, list[np.ndarray]], str]:
+def clip_cases(
+    folder: Path | None, cfg: FeatureConfig | CtcFeatureConfig
+) -> tuple[dict[str, list[np.ndarray]], str]:
     """Every clip of ``folder`` (one batch each), or none with a note saying why (loudly: reported)."""
+    cfg = _stft(cfg)
     if folder is None:
         return {}, "no clips folder given: checked on synthetic signals only"
     if not is_dir(folder):
@@ -83,9 +92,29 @@ def clip_cases(folder: Path | None, cfg: FeatureConfig) -> tuple[dict[str, list[
     return waves, ""
 
 
+def _measure_ctc(frontend: OnnxFrontend, name: str, waves: list[np.ndarray]) -> FrontendCase:
+    """The CTC front-end: features against ctc_features_batch, the attention_mask exactly."""
+    want, want_mask = ctc_features_batch(waves, frontend.cfg)
+    got, mask = frontend(waves)
+    if got.shape != want.shape:
+        raise FrontendCheckError(
+            f"frontend.onnx on {name}: features of shape {got.shape}, the numpy front-end {want.shape}"
+        )
+    if not np.array_equal(mask, want_mask):
+        raise FrontendCheckError(
+            f"frontend.onnx on {name}: attention_mask keeps {mask.sum(1).tolist()} rows, the numpy front-end "
+            f"{want_mask.sum(1).tolist()}"
+        )
+    error = float(np.max(np.abs(got - want))) if want.size else 0.0
+    valid = tuple(int(v) for v in want_mask.sum(1))
+    return FrontendCase(name, tuple(len(w) for w in waves), int(want.shape[1]), error, valid)
+
+
 def measure(frontend: OnnxFrontend, name: str, waves: list[np.ndarray]) -> FrontendCase:
     """One batch through the graph and through numpy; a wrong shape or token count is a failure."""
     cfg = frontend.cfg
+    if isinstance(cfg, CtcFeatureConfig):
+        return _measure_ctc(frontend, name, waves)
     want = log_mel_batch(waves, cfg)
     got, counts = frontend(waves)
     if got.shape != want.shape:
@@ -103,7 +132,11 @@ def measure(frontend: OnnxFrontend, name: str, waves: list[np.ndarray]) -> Front
 
 
 def check_frontend(
-    path: Path, cfg: FeatureConfig, clips: Path | None, tolerance: float = TOLERANCE, compute: str = "float64"
+    path: Path,
+    cfg: FeatureConfig | CtcFeatureConfig,
+    clips: Path | None,
+    tolerance: float = TOLERANCE,
+    compute: str = "float64",
 ) -> FrontendCheck:
     """Gate ``path`` (a written frontend.onnx); raises FrontendCheckError on the first case over
     ``tolerance``, else returns every case's measured error."""

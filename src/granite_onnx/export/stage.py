@@ -27,8 +27,9 @@ from ..checkpoint import (
 from ..errors import GraniteOnnxError
 from ..identity import make_export_id, set_export_id
 from ..layout import check_layout, share_llm_weights
-from ..registry import Entry
-from ..runtime.bundle import bundle_features, graph_file
+from ..registry import CTC_CONTRACT, Entry
+from ..runtime.bundle import bundle_features, ctc_bundle_features, graph_file
+from ..runtime.ctc_features import CtcFeatureConfig
 from ..runtime.features import FeatureConfig
 from ..runtime.prompt import PROMPTS_FILE, PromptStyle
 from ..runtime.sessions import open_session
@@ -51,7 +52,9 @@ from ..specs import (
 from ..staging import check_output_dir, staged_dir
 from ..stamps import Stamp, digests, folder_files, stored_report, write_stamp
 from ..toolchain import peak_rss_mib, versions
+from ..userfiles import one_line
 from ..verify import verify_bundle
+from .ctc_frontend import build_ctc_frontend
 from .frontend import build_frontend
 from .frontend_check import check_frontend
 from .trace import reference_outputs, trace_graph
@@ -166,7 +169,13 @@ def check_graph(
     for label, sizes in (("traced", {}), *check_sizes(dims).items()):
         feeds = dummy_inputs(spec, dims, seed=1, **sizes)
         want = reference_outputs(model, spec, dims, feeds)
-        got = session.run(None, feeds)
+        try:
+            got = session.run(None, feeds)
+        except Exception as exc:  # onnxruntime's own failures (a shape baked in by the trace) are one line
+            raise ExportCheckError(
+                f"{spec.name}: onnxruntime fails at the {label} size ({one_line(exc, 160)}): a length was "
+                "baked in by the trace"
+            ) from exc
         worst = 0.0
         for name, w, g in zip(spec.output_names, want, got, strict=True):
             if w.shape != g.shape:
@@ -211,12 +220,15 @@ def export_graph(
 
 
 def export_frontend(
-    cfg: FeatureConfig, out_dir: Path, options: ExportOptions, export_id: str | None = None
+    cfg: FeatureConfig | CtcFeatureConfig, out_dir: Path, options: ExportOptions, export_id: str | None = None
 ) -> tuple[GraphReport, dict | None]:
-    """Build frontend.onnx from the feature-extractor settings, write it with its sidecar, audit it and
-    gate it against the numpy front-end (see :mod:`.frontend_check`)."""
+    """Build frontend.onnx from the feature-extractor settings (a CTC bundle's with deltas and a mask),
+    write it with its sidecar, audit it and gate it against the numpy front-end (:mod:`.frontend_check`)."""
     start = time.perf_counter()
-    model = build_frontend(cfg, options.frontend_compute)
+    if isinstance(cfg, CtcFeatureConfig):
+        model = build_ctc_frontend(cfg, options.frontend_compute)
+    else:
+        model = build_frontend(cfg, options.frontend_compute)
     if export_id is not None:
         set_export_id(model, export_id)
     out_path = out_dir / graph_file(FRONTEND)
@@ -334,7 +346,12 @@ def export_bundle(
         if FRONTEND in graphs:
             checking = " and checking it against the numpy front-end" if options.check else ""
             say(f"building frontend.onnx{checking}")
-            report, frontend = export_frontend(bundle_features(source.path), stage, options, export_id)
+            features = (
+                ctc_bundle_features(source.path)
+                if entry.contract == CTC_CONTRACT
+                else bundle_features(source.path)
+            )
+            report, frontend = export_frontend(features, stage, options, export_id)
             if frontend and frontend["clips_note"]:
                 say(f"WARNING: frontend.onnx: {frontend['clips_note']}")
             reports.append(report)

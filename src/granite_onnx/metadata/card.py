@@ -347,8 +347,10 @@ def graphs_sentence(meta: dict) -> str:
     if is_ctc(meta):
         decode = meta.get("ctc_decode") or {}
         return (
-            "One graph, no prompt: `ctc` turns stacked log-mel + delta features (two frames of mel and delta "
-            f"per row, {meta['audio']['feature_dim']} values) and their frame mask into CTC logits at "
+            "Two graphs, no prompt: `frontend` turns the 16 kHz waveform into stacked log-mel + delta "
+            f"features (two frames of mel and delta per row, {meta['audio']['feature_dim']} values) and "
+            "their attention mask (DSP in ai.onnx, float32 in and out, one file for every tier); `ctc` turns "
+            "them into CTC logits at "
             f"1/{2 ** decode.get('subsampling', 2)} of the feature rate; greedy CTC decoding (argmax per "
             f"frame, merge repeats, drop the blank id {decode.get('blank_id')}) gives the token ids."
         )
@@ -565,36 +567,48 @@ def frontend_check_text(meta: dict) -> str:
         for c in check["cases"]
     ]
     note = f" **{check['clips_note']}**." if check.get("clips_note") else ""
+    counted = "valid rows" if is_ctc(meta) else "audio tokens"
     return "\n\n".join(
         [
             f"`frontend.onnx` (computing in {check['compute']}) was checked at export against the numpy "
             f"recipe the parity figures use; gate: max abs error at most {check['tolerance']:g} on every "
             f"input.{note}",
-            table(["input", "feature frames", "audio tokens", "max abs error"], rows),
+            table(["input", "feature frames", counted, "max abs error"], rows),
         ]
     )
 
 
 def ctc_consumers_section(meta: dict) -> str:
-    """How to run a CTC bundle outside Python: the numpy front-end's recipe, the graph, the decode rule."""
+    """How to run a CTC bundle outside Python: frontend.onnx, the CTC graph, the decode rule."""
     audio, graphs, decode = meta["audio"], meta["graphs"], meta.get("ctc_decode") or {}
     steps = [
         f"1. **Audio**: mono float32 at {audio['sampling_rate']} Hz (average the channels; divide PCM16 "
         f"samples by {audio['pcm16_scale']}), at least {audio['min_samples']} samples.",
-        f"2. **Features** (no frontend.onnx in a CTC bundle yet: `audio.recipe`): {audio.get('recipe')}.",
-        f"3. **`{graphs[CTC]['file']}`**: {_io_text(graphs[CTC], 'inputs')} -> "
+        f"2. **`{graphs[FRONTEND]['file']}`**: {_io_text(graphs[FRONTEND], 'inputs')} -> "
+        f"{_io_text(graphs[FRONTEND], 'outputs')} (log-mel + deltas, frame pairs stacked; `audio.recipe`).",
+        f"3. **`{graphs[CTC]['file']}`**: {_io_text(graphs[CTC], 'inputs')} (both from step 2) -> "
         f"{_io_text(graphs[CTC], 'outputs')}.",
-        f"4. **Decode**: {decode.get('rule')} (blank {decode.get('blank_id')}).",
+        f"4. **Decode** (`ctc_decode`): {decode.get('rule')}; the blank is id {decode.get('blank_id')}, "
+        f"subsampling {decode.get('subsampling')}.",
+        "5. **Text**: decode those ids with `tokenizer.json`, skipping special tokens, and trim.",
     ]
     rows = [[t, ", ".join(f"`{f}`" for f in tier_files(meta, t))] for t in tiers_present(meta)]
     return "\n\n".join(
         [
             "## Use it from Node.js or Rust",
-            "The steps, from `granite_export_metadata.json` (keys `audio` and `ctc_decode`). The "
-            "repository's Node.js reference transcriber does not run CTC bundles yet: step 2 is numpy code in "
-            "`granite_onnx.runtime.ctc_features` (its delta features have no ONNX front-end graph).",
+            "Everything a runtime needs is a graph or a value in `granite_export_metadata.json` (keys "
+            "`audio` and `ctc_decode`): no DSP code, no prompt. Open each graph by its path, so that its "
+            "sidecar resolves beside it.",
             "\n".join(steps),
-            table(["tier", "files"], rows),
+            table(["tier", "files, in pipeline order"], rows),
+            frontend_check_text(meta),
+            "**Node.js**: the granite-onnx repository's reference transcriber runs these steps too; CI "
+            "checks it against the Python runtime token for token on every tier:",
+            fenced(
+                "npm ci --ignore-scripts --prefix examples/node\n"
+                "node examples/node/transcribe.mjs BUNDLE audio.wav --tier int8",
+                "bash",
+            ),
         ]
     )
 

@@ -214,7 +214,7 @@ def describe_graph(path: Path) -> dict:
 def describe_graphs(bundle: Path) -> dict[str, dict]:
     """Every ``*.onnx`` of the bundle keyed by file stem; every FP32 graph of its contract must be there
     (frontend.onnx and the three, or ctc.onnx)."""
-    required = (CTC,) if is_ctc(bundle) else BUNDLE_GRAPHS
+    required = (FRONTEND, CTC) if is_ctc(bundle) else BUNDLE_GRAPHS
     missing = [f"{name}.onnx" for name in required if not (bundle / f"{name}.onnx").is_file()]
     if missing:
         raise BundleError(
@@ -396,18 +396,20 @@ def describe_prompt(bundle: Path, config: dict) -> dict:
 
 
 CTC_RECIPE = (
-    "log-mel as frontend.onnx's (power STFT, HTK bank, log10, floor at max - logmel_floor_db, /4 + 1) after "
-    "right-padding to (2 * ceil((samples // hop) / 2) - 1) * hop + 1 samples, cut to that even frame count; "
-    "deltas (x[t+1] - x[t-1]) / 2 with edge frames repeated appended per frame (n_mels -> 2 * n_mels); frame "
-    "pairs stacked (-> feature_dim); attention_mask all ones (granite_onnx.runtime.ctc_features)"
+    "what frontend.onnx computes: the autoregressive front-end's log-mel (power STFT, HTK bank, log10, floor "
+    "at the utterance's max - logmel_floor_db, / 4 + 1) after right-padding the batch to "
+    "(2 * ceil((samples // hop) / 2) - 1) * hop + 1 samples, cut to that even frame count; deltas "
+    "(x[t+1] - x[t-1]) / 2 with the edge frames repeated, appended per frame (n_mels -> 2 * n_mels); frame "
+    "pairs stacked (-> feature_dim); attention_mask keeps ceil((num_samples // hop) / 2) rows "
+    "(granite_onnx.runtime.ctc_features)"
 )
 
 
 def describe_ctc_audio(bundle: Path) -> dict:
-    """What a CTC bundle's graph takes: its front-end is the numpy recipe (no frontend.onnx)."""
+    """What a CTC bundle's ``frontend.onnx`` takes (and what the numpy recipe it equals does)."""
     cfg = ctc_bundle_features(bundle)
     return {
-        "frontend": None,
+        "frontend": graph_file(FRONTEND),
         "recipe": CTC_RECIPE,
         "sampling_rate": cfg.sampling_rate,
         "min_samples": min_audio_samples(cfg.stft),

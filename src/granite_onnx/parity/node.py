@@ -23,7 +23,9 @@ import soundfile as sf
 
 from ..errors import GraniteOnnxError
 from ..runtime.audio import load_audio
-from ..runtime.bundle import available_tiers, bundle_features
+from ..runtime.bundle import Bundle, available_tiers
+from ..runtime.ctc import CtcPipeline
+from ..runtime.ctc_features import ctc_features
 from ..runtime.features import audio_token_count, log_mel, min_audio_samples
 from ..runtime.pipeline import SpeechPipeline
 from ..userfiles import one_line
@@ -150,21 +152,28 @@ def compare(
     bundle = Path(bundle)
     tiers = available_tiers(bundle) if tiers is None else list(tiers)
     runs = []
+    ctc = Bundle.open(bundle).is_ctc
     with tempfile.TemporaryDirectory(prefix="granite-node-") as tmp:
-        rate = bundle_features(bundle).sampling_rate
+        rate = Bundle.open(bundle).features.sampling_rate
         wavs = [wav_copy(c.path, Path(tmp) / f"{i:03d}-{c.path.stem}.wav", rate) for i, c in enumerate(clips)]
         for tier in tiers:
-            pipeline = SpeechPipeline(bundle, tier=tier)
+            pipeline = CtcPipeline(bundle, tier=tier) if ctc else SpeechPipeline(bundle, tier=tier)
             cfg = pipeline.bundle.features
             node_results = run_node(bundle, wavs, tier, max_new_tokens, node_dir)
             for clip, wav, node in zip(clips, wavs, node_results, strict=True):
-                audio = load_audio(wav, cfg.sampling_rate, min_samples=min_audio_samples(cfg))
-                python = pipeline.transcribe_array(audio, max_new_tokens)
-                # Python's prompt comes from the chat template, Node's from the metadata's id lists.
-                prompt = pipeline.prompt_ids(audio_token_count(len(audio), cfg))[0].tolist()
+                audio = load_audio(
+                    wav, cfg.sampling_rate, min_samples=min_audio_samples(getattr(cfg, "stft", cfg))
+                )
+                if ctc:  # no prompt: both sides' prompt ids are empty
+                    python, prompt = pipeline.transcribe_array(audio), []
+                    want = ctc_features(audio, cfg)[None]
+                else:
+                    python = pipeline.transcribe_array(audio, max_new_tokens)
+                    # Python's prompt comes from the chat template, Node's from the metadata's id lists.
+                    prompt = pipeline.prompt_ids(audio_token_count(len(audio), cfg))[0].tolist()
+                    want = log_mel(audio, cfg)[None]
                 tokens = list(python.token_ids)
                 fed = np.fromfile(node["features_file"], np.float32).reshape(node["features_shape"])
-                want = log_mel(audio, cfg)[None]
                 feature_error = float(np.max(np.abs(fed - want))) if fed.shape == want.shape else float("inf")
                 run = NodeRun(
                     tier=tier or "fp32",

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BundleError
-from ..specs import CTC
+from ..specs import CTC, FRONTEND
 from .audio import load_audio
-from .bundle import Bundle
+from .bundle import Bundle, graph_file
 from .ctc_features import ctc_features
 from .features import min_audio_samples
+from .frontend import FRONTENDS, OnnxFrontend
 from .prompt import PromptBuilder
 from .sessions import open_session
 
@@ -68,7 +69,18 @@ class CtcTranscript:
 class CtcPipeline:
     """The one session of a CTC bundle tier, its front-end and its tokenizer."""
 
-    def __init__(self, folder: Path, tier: str | None = None, threads: int | None = None, opt_level="all"):
+    def __init__(
+        self,
+        folder: Path,
+        tier: str | None = None,
+        threads: int | None = None,
+        opt_level: str = "all",
+        frontend: str = "numpy",
+    ):
+        """``frontend``: "numpy" computes the features with :mod:`.ctc_features`, "onnx" runs the bundle's
+        ``frontend.onnx`` (what a consumer outside Python runs); both give the same features."""
+        if frontend not in FRONTENDS:
+            raise BundleError(f"unknown front-end {frontend!r}; choose from {', '.join(FRONTENDS)}")
         self.bundle = Bundle.open(folder, tier)
         if not self.bundle.is_ctc:
             raise BundleError(
@@ -76,9 +88,24 @@ class CtcPipeline:
             )
         self.session = open_session(self.bundle.path(CTC), threads, opt_level)
         self.prompts = PromptBuilder(self.bundle.folder)  # its tokenizer; a CTC bundle has no prompt
+        self.frontend = None
+        if frontend == "onnx":
+            path = self.bundle.folder / graph_file(FRONTEND)
+            if not path.is_file():
+                raise BundleError(f"{path} is missing: export the bundle again (or use --frontend numpy)")
+            self.frontend = OnnxFrontend(path, self.bundle.features, threads)
 
     def features(self, audio: np.ndarray) -> np.ndarray:
-        return ctc_features(audio, self.bundle.features)[None]
+        """[1, rows, 320] features of one utterance (every row valid), by this pipeline's front-end."""
+        if self.frontend is None:
+            return ctc_features(audio, self.bundle.features)[None]
+        features, mask = self.frontend([np.asarray(audio, np.float32)])
+        if int(mask.sum()) != features.shape[1]:
+            raise BundleError(
+                f"{self.frontend.path} keeps {int(mask.sum())} of {features.shape[1]} rows of one utterance: "
+                "the front-end graph is wrong, export it again"
+            )
+        return features
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """[1, frames, 320] -> [1, ctc_frames, vocab]."""

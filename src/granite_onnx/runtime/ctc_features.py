@@ -26,7 +26,7 @@ from ..errors import BundleError
 from ..userfiles import one_line, read_json_object
 from .features import FeatureConfig, _as_waveform, _power_mel, check_long_enough
 
-__all__ = ["CtcFeatureConfig", "ctc_features", "ctc_frame_count"]
+__all__ = ["CtcFeatureConfig", "ctc_features", "ctc_features_batch", "ctc_frame_count"]
 
 _LOG_FLOOR = 1e-10
 
@@ -103,11 +103,28 @@ def _deltas(x: np.ndarray, win_length: int) -> np.ndarray:
 def ctc_features(audio: np.ndarray, cfg: CtcFeatureConfig) -> np.ndarray:
     """float32 ``[ctc_frame_count(len(audio)), 4 * n_mels]`` features of one utterance.
 
-    Raises ``AudioError`` when the audio is too short for the STFT's reflect padding, or shorter than one
-    hop (no frame at all)."""
+    Raises ``AudioError`` when the audio is too short for the STFT's reflect padding."""
     x = _as_waveform(audio).astype(np.float64, copy=False)
-    hop = cfg.hop_length
     check_long_enough(len(x), cfg.stft)
+    return _features(x, cfg)
+
+
+def ctc_features_batch(audios: list[np.ndarray], cfg: CtcFeatureConfig) -> tuple[np.ndarray, np.ndarray]:
+    """features [B, rows, 4 * n_mels] and attention_mask [B, rows] of several utterances, as the extractor
+    makes a batch: each zero-padded to the longest, framed by that length, floored per row; row ``r`` of
+    utterance ``b`` valid when ``r < ctc_frame_count(len(audios[b]))``."""
+    waves = [_as_waveform(a).astype(np.float64, copy=False) for a in audios]
+    check_long_enough(min(len(w) for w in waves), cfg.stft)
+    longest = max(len(w) for w in waves)
+    rows = [_features(np.pad(w, (0, longest - len(w))), cfg) for w in waves]
+    mask = np.zeros((len(waves), rows[0].shape[0]), np.int64)
+    for b, w in enumerate(waves):
+        mask[b, : ctc_frame_count(len(w), cfg)] = 1
+    return np.stack(rows), mask
+
+
+def _features(x: np.ndarray, cfg: CtcFeatureConfig) -> np.ndarray:
+    hop = cfg.hop_length
     num_frames = 2 * ctc_frame_count(len(x), cfg)
     needed = (num_frames - 1) * hop + 1
     if len(x) < needed:

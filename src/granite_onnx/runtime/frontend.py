@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .ctc_features import CtcFeatureConfig
 from .features import FeatureConfig, check_long_enough
 from .sessions import open_session
 
@@ -32,15 +33,17 @@ def pad_batch(waves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 class OnnxFrontend:
     """One session over ``frontend.onnx``."""
 
-    def __init__(self, path: Path, cfg: FeatureConfig, threads: int | None = None):
+    def __init__(self, path: Path, cfg: FeatureConfig | CtcFeatureConfig, threads: int | None = None):
         self.path = Path(path)
         self.cfg = cfg
         self.session = open_session(self.path, threads, opt_level="all")
 
     def __call__(self, waves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """``input_features`` [batch, frames, 2 * n_mels] and ``audio_token_count`` [batch] of ``waves``
-        (1-D float waveforms at the bundle's rate; a batch shares the longest one's frame count)."""
-        check_long_enough(min(len(w) for w in waves), self.cfg)
+        (1-D float waveforms at the bundle's rate; a batch shares the longest one's frame count); a CTC
+        bundle's: ``input_features`` [batch, rows, 4 * n_mels] and ``attention_mask`` [batch, rows]."""
+        stft = self.cfg.stft if isinstance(self.cfg, CtcFeatureConfig) else self.cfg
+        check_long_enough(min(len(w) for w in waves), stft)
         waveform, num_samples = pad_batch(waves)
         features, counts = self.session.run(None, {"waveform": waveform, "num_samples": num_samples})
         return features, counts
