@@ -45,6 +45,19 @@ def test_tiny_checkpoint_is_byte_identical_across_two_writes(tiny_ckpt: Path, tm
         assert keys == sorted(keys), name
 
 
+@pytest.mark.parametrize("name", ["tiny-lora", "tiny-ctc", "tiny-plus"])
+def test_every_family_fixture_is_byte_identical_across_two_writes(tmp_path: Path, name: str):
+    """A path or a clock in any file (peft records the folder it saved an adapter to) would change every
+    export id made from the fixture, and expected/<name>.json would not hold on a fresh machine."""
+    from granite_onnx.fixtures import fixture_spec
+
+    first = write_tiny_checkpoint(tmp_path / "first", fixture_spec(name))
+    second = write_tiny_checkpoint(tmp_path / "second", fixture_spec(name))
+    for path in sorted(first.iterdir()):
+        assert (second / path.name).read_bytes() == path.read_bytes(), f"{name}: {path.name} differs"
+    assert str(tmp_path) not in "".join(p.read_text() for p in first.glob("*.json"))
+
+
 def test_write_leaves_nothing_behind_when_the_target_is_taken(tmp_path: Path):
     taken = tmp_path / "taken"
     taken.mkdir()

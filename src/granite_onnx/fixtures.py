@@ -23,6 +23,9 @@ from typing import Any
 from granite_onnx import __version__
 from granite_onnx.staging import make_temp_dir, sweep_stale
 
+# Bumped when the files a spec writes change without the spec changing (2: tiny-lora's adapter_config.json no
+# longer records peft's temporary save folder), so no cache keeps the old bytes.
+FIXTURE_FORMAT = 2
 EOS_TOKEN = "<|end_of_text|>"
 PAD_TOKEN = "<|pad|>"
 START_OF_ROLE = "<|start_of_role|>"
@@ -168,7 +171,8 @@ class TinySpec:
 
     def short_hash(self) -> str:
         """12 hex digits over the spec and the package version: a new release rebuilds the cache."""
-        payload = json.dumps({"spec": dataclasses.asdict(self), "version": __version__}, sort_keys=True)
+        payload = {"spec": dataclasses.asdict(self), "version": __version__, "format": FIXTURE_FORMAT}
+        payload = json.dumps(payload, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -546,11 +550,14 @@ def _write_adapter(model, folder: Path, spec: TinySpec) -> None:
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * spec.lora_b_std)
-    model.peft_config["default"].base_model_name_or_path = None
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        for name in ("adapter_config.json", "adapter_model.safetensors"):
-            shutil.copyfile(Path(tmp) / name, folder / name)
+        shutil.copyfile(Path(tmp) / "adapter_model.safetensors", folder / "adapter_model.safetensors")
+        # peft records the folder it saved to (a random temporary one) as base_model_name_or_path: the
+        # fixture's bytes, and every export id made from them, would change with each build.
+        adapter = json.loads((Path(tmp) / "adapter_config.json").read_text())
+        adapter["base_model_name_or_path"] = None
+    _write_json(folder / "adapter_config.json", adapter)
 
 
 def write_tiny_checkpoint(out_dir: Path, spec: TinySpec = TinySpec()) -> Path:

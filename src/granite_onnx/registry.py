@@ -192,6 +192,13 @@ def entry_for_config(config: object, config_path: Path) -> Entry:
     )
 
 
+def graphs_of_model_type(model_type: object) -> tuple[str, ...]:
+    """The model graphs of the entry whose ``model_type`` this is; the autoregressive three for anything
+    else (an unknown type is refused where it is validated, not here)."""
+    entry = next((e for e in ENTRIES if e.model_type == model_type), GRANITE_SPEECH)
+    return entry.graphs
+
+
 def entry_named(name: str) -> Entry:
     """The entry called ``name`` (its ``name`` or ``model_type``)."""
     for entry in ENTRIES:

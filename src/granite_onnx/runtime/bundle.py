@@ -7,9 +7,8 @@ from pathlib import Path
 
 from ..errors import BundleError
 from ..identity import check_same_export
+from ..registry import graphs_of_model_type
 from ..specs import (
-    CTC,
-    CTC_MODEL_TYPE,
     GRAPH_NAMES,
     CtcDims,
     GraphSpec,
@@ -31,13 +30,14 @@ def graph_file(name: str, tier: str | None = None) -> str:
 
 
 def bundle_graph_names(folder: Path) -> tuple[str, ...]:
-    """The model graphs of the bundle at ``folder`` by its contract: ``ctc`` for a 5.0 CTC config.json,
-    else the autoregressive three (also when config.json is missing or unreadable: Bundle.open says so)."""
+    """The model graphs of the bundle at ``folder``, as its registry entry (by config.json's model_type)
+    declares them: ``ctc`` for 5.0 CTC, else the autoregressive three (also when config.json is missing or
+    unreadable: Bundle.open says so)."""
     try:
         config = read_json(Path(folder) / "config.json", BundleError, REEXPORT)
     except BundleError:
         return GRAPH_NAMES
-    return (CTC,) if isinstance(config, dict) and config.get("model_type") == CTC_MODEL_TYPE else GRAPH_NAMES
+    return graphs_of_model_type(config.get("model_type") if isinstance(config, dict) else None)
 
 
 def tier_fp32_graphs(folder: Path, tier: str) -> tuple[str, ...]:
