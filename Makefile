@@ -11,13 +11,16 @@ MODEL_DIR ?=
 BUNDLE ?= out/$(MODEL)
 SOURCE := $(if $(MODEL_DIR),--model-dir $(MODEL_DIR),--model $(MODEL))
 
-# Quantised tiers written by `make quantise` (int8 dynamic, int8w weight-only, int8s static, fp16 encoder).
-# `TIERS=int8-published` adds the published 4.1-2b INT8 recipe, which saturates on CPUs without VNNI.
-TIERS ?= int8 int8w int8s fp16
+# Quantised tiers written by `make quantise` (int8 dynamic, int8w weight-only, int8s static, fp16 encoder; and
+# int4w on the trained fixture, below). `TIERS=int8-published` adds the published 4.1-2b INT8 recipe, which
+# saturates on CPUs without VNNI; `TIERS=int4w-gptq` the GPTQ 4-bit recipe.
 
 # Clips for calibration (quantise) and parity. The trained fixture (MODEL=trained) calibrates on clips
 # of its training set and is judged on held-out synthetic speech and on the real clips, each set apart.
 ifeq ($(MODEL),trained)
+# The trained fixture also gets the 4-bit tier: quality is judged where the model really transcribes (on a
+# random-weight model a 4-bit transcript is noise).
+TIERS ?= int8 int8w int8s fp16 int4w
 CALIBRATION_CLIPS ?= synthetic/calibration
 PARITY_CLIPS ?= synthetic/heldout clips
 CLIP ?= synthetic/heldout/heldout-000.flac
@@ -39,8 +42,9 @@ ifeq ($(MODEL),tiny-ctc)
 PARITY_ARGS ?= --ungated int8 --ungated int8s --ungated int8w
 endif
 endif
+TIERS ?= int8 int8w int8s fp16
 
-.PHONY: all setup node-setup node-check export quantise verify parity metadata transcribe bundle publish regenerate expected test lint bench bench-frontend bench-runtime bench-export-full bench-quantise-full bench-tiers bench-profile bench-int8 emulated-avx2 fixture-train sensitivity clean
+.PHONY: bench-int4 all setup node-setup node-check export quantise verify parity metadata transcribe bundle publish regenerate expected test lint bench bench-frontend bench-runtime bench-export-full bench-quantise-full bench-tiers bench-profile bench-int8 bench-runtime-versions emulated-avx2 fixture-train sensitivity clean
 
 all: export quantise parity metadata transcribe
 
@@ -155,6 +159,21 @@ bench-int8: setup
 	$(PY) bench/int8_candidates.py --bundle out/tiny --clips clips --json bench/results/int8_candidates_tiny.json
 	$(PY) bench/int8_candidates.py --bundle out/trained --clips synthetic/calibration --wer-clips synthetic/heldout \
 		--numeric-clip synthetic/heldout/heldout-000.flac --json bench/results/int8_candidates_trained.json
+
+# Per tier of each bundle in BUNDLES (e.g. BUNDLES="out/tiny out/trained"), the oldest onnxruntime release that
+# runs it correctly and the oldest that fuses it: PyPI wheels 1.17..1.31, a venv each in ~/.cache/granite-onnx.
+BUNDLES ?= $(BUNDLE)
+bench-runtime-versions: setup
+	$(PY) bench/runtime_versions.py $(addprefix --bundle ,$(BUNDLES)) --out bench/results/runtime_versions.json
+	$(PY) bench/runtime_support.py
+
+# The 4-bit recipes on the trained fixture (method x block x grid, 8-bit head, FP32 encoder: held-out WER vs
+# PyTorch; run `make all MODEL=trained` first), then the chosen form's full-size decode speed per block size
+# against FP32 with its bandwidth bound (/tmp/granite-full/bundle from bench-export-full). About 40 min.
+bench-int4: setup
+	$(PY) bench/int4_blocks.py --blocks 16 32 64 --grids sym asym --eight-bit "/lm_head/MatMul" \
+		--json bench/results/int4_blocks_trained.json
+	$(PY) bench/int4_speed.py --bundle /tmp/granite-full/bundle --json bench/results/int4_speed_full.json
 
 # Per-operator time of one full-size graph at 2 threads, beside PyTorch's encoder (GRAPH=decode_step, ...).
 GRAPH ?= encoder

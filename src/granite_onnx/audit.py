@@ -12,7 +12,7 @@ from pathlib import Path
 import onnx
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
-from .specs import IR_VERSION, OPSET
+from .specs import ALL_GRAPHS, IR_VERSION, OPSET, TIER_OPSETS
 
 INLINE_LIMIT = 1024
 # The shared layout (``export --layout shared``): prompt_encode and decode_step point the weights they
@@ -57,13 +57,27 @@ def _tensor_bytes(tensor: onnx.TensorProto) -> int:
     return count * itemsize
 
 
-def check_header(model: onnx.ModelProto) -> list[str]:
+def allowed_opsets(path: Path | None) -> tuple[int, ...]:
+    """ai.onnx 20 everywhere; a file of a tier in TIER_OPSETS or of one of its variants
+    (``decode_step_int4w.onnx``, ``decode_step_int4w-rtn.onnx``) may import that tier's opset instead."""
+    stem = Path(path).stem if path is not None else ""
+    for graph in ALL_GRAPHS:
+        tier = stem[len(graph) + 1 :] if stem.startswith(f"{graph}_") else ""
+        for family, opset in TIER_OPSETS.items():
+            if tier == family or tier.startswith(f"{family}-"):
+                return (OPSET, opset)
+    return (OPSET,)
+
+
+def check_header(model: onnx.ModelProto, path: Path | None = None) -> list[str]:
     problems = []
     if model.ir_version != IR_VERSION:
         problems.append(f"IR version {model.ir_version}, expected {IR_VERSION}")
     imports = {(o.domain, o.version) for o in model.opset_import}
-    if imports != {("", OPSET)} and imports != {("ai.onnx", OPSET)}:
-        problems.append(f"opset_import {sorted(imports)}, expected only ai.onnx {OPSET}")
+    allowed = allowed_opsets(path)
+    if not any(imports in ({("", v)}, {("ai.onnx", v)}) for v in allowed):
+        wanted = " or ".join(str(v) for v in allowed)
+        problems.append(f"opset_import {sorted(imports)}, expected only ai.onnx {wanted}")
     foreign = sorted({n.domain for n in _all_nodes(model.graph) if n.domain not in DEFAULT_DOMAINS})
     if foreign:
         problems.append(f"nodes from non-default domains {foreign}")
@@ -105,7 +119,7 @@ def audit_file(path: Path) -> AuditResult:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         return AuditResult(path.name, (f"not a readable ONNX file: {str(exc).splitlines()[0][:200]}",))
-    problems = check_header(model) + check_external_data(model, path)
+    problems = check_header(model, path) + check_external_data(model, path)
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:

@@ -1041,13 +1041,62 @@ def quantisation_section(meta: dict) -> str:
                     f"{len(details.get('kept_fp32_by_range', {}))} nodes kept FP32 because their activations "
                     f"on the clips exceeded {details.get('kept_fp32_limit')}."
                 )
+            if details.get("sensitive_layers"):
+                worst = ", ".join(
+                    f"`{d['node']}` {d['relative_error']:.3g}" for d in details["sensitive_layers"][:3]
+                )
+                measure = details.get("error_measure")
+                line += f" {graph}: {details.get('method')}, most sensitive ({measure}): {worst}."
             if "calibration" in details and graph == next(iter(report["graphs"])):
                 cal = details["calibration"]
                 line += (
                     f" Calibrated ({details['settings'].get('calibration')}) on {', '.join(cal['clips'])}."
                 )
         notes.append(line)
-    return "\n\n".join(["## Quantisation", table(header, rows), "\n".join(notes)])
+    return "\n\n".join(["## Quantisation", table(header, rows), "\n".join(notes), runtime_section(meta)])
+
+
+def _since(version: str | None, exceptions: list[str]) -> str:
+    if version is None:
+        return "none measured"
+    return f"from {version}" + (f" (not {', '.join(exceptions)})" if exceptions else "")
+
+
+def runtime_section(meta: dict) -> str:
+    """Which onnxruntime loads each tier, computes what the parity figures measured, runs it fused."""
+    support = meta.get("runtime_support")
+    if not support:
+        return ""
+    rows = []
+    for tier, row in support["tiers"].items():
+        if not row.get("oldest_loading") and row.get("measured") is False:
+            rows.append([tier, NOT_MEASURED, NOT_MEASURED, NOT_MEASURED])
+            continue
+        rows.append(
+            [
+                tier,
+                _since(row.get("oldest_loading"), row.get("not_loading_on_newer", [])),
+                _since(row.get("oldest_correct"), row.get("not_correct_on_newer", [])),
+                _since(row.get("oldest_fast"), row.get("not_fast_on_newer", [])),
+            ]
+        )
+    tried = support.get("versions_tried") or []
+    machine = support.get("machine") or {}
+    return "\n\n".join(
+        [
+            "### Which onnxruntime runs each tier",
+            f"Measured over the onnxruntime wheels {tried[0] if tried else '?'} to "
+            f"{tried[-1] if tried else '?'} (one per minor release) on {machine.get('cpu')} "
+            f"({', '.join(machine.get('flags', []))}), "
+            f"{str(support.get('date'))[:10]}, on the tiny and trained bundles, against the pinned "
+            f"{support.get('pinned_onnxruntime')}: a tier **loads** where every graph loads; it computes "
+            "**as measured here** where its outputs are the pinned release's (fused, or the graph's literal "
+            "arithmetic) within 1e-3, so the parity figures above hold there; it is **fast** where its "
+            "weight-only or integer MatMuls are fused as well. On releases that load a tier but compute it "
+            "otherwise its parity was not measured.",
+            table(["tier", "loads", "computes as measured here", "fast (fused)"], rows),
+        ]
+    )
 
 
 def toolchain_section(meta: dict) -> str:

@@ -463,6 +463,27 @@ def export_checks(report: dict) -> dict:
     }
 
 
+RUNTIME_SUPPORT = Path(__file__).resolve().parents[1] / "quantise" / "runtime_support.json"
+
+
+def runtime_support(tiers: list[str]) -> dict:
+    """Per tier of this bundle (and FP32): the oldest onnxruntime that loads it, computes it as the pinned
+    release does (where the parity figures hold), and runs it fused, as bench/runtime_versions.py measured
+    the tier's recipe over PyPI's wheels; a tier it has not measured says so."""
+    import json
+
+    table = json.loads(RUNTIME_SUPPORT.read_text())
+    measured = table["tiers"]
+    return {
+        "source": "bench/runtime_versions.py -> bench/runtime_support.py (quantise/runtime_support.json)",
+        "machine": table["machine"],
+        "date": table["date"],
+        "pinned_onnxruntime": table["pinned_onnxruntime"],
+        "versions_tried": table["versions_tried"],
+        "tiers": {t: measured.get(t) or {"measured": False} for t in ["fp32", *tiers]},
+    }
+
+
 def read_quantisation(bundle: Path) -> dict[str, dict]:
     """Every ``quantise_<tier>.json`` the quantise stage wrote, keyed by tier (empty when none)."""
     return {
@@ -488,6 +509,7 @@ def collect_metadata(bundle: Path) -> dict:
     generation = read_optional_json(bundle / "generation_config.json", "export again")
     parity = read_optional_json(bundle / PARITY_REPORT, f"run `granite-onnx parity --bundle {bundle}` again")
     ctc = is_ctc(bundle)
+    quantisation = read_quantisation(bundle)
     contract = {
         "contract": "ctc" if ctc else "autoregressive",
         **({"ctc_decode": describe_ctc_decode(config, config_path)} if ctc else {}),
@@ -503,6 +525,7 @@ def collect_metadata(bundle: Path) -> dict:
         "prompt": None if ctc else describe_prompt(bundle, config),
         "audio": describe_ctc_audio(bundle) if ctc else describe_audio(bundle),
         "export": export_checks(export),
-        "quantisation": read_quantisation(bundle),
+        "quantisation": quantisation,
+        "runtime_support": runtime_support(sorted(quantisation)),
         "parity": parity,
     }

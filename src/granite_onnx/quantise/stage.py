@@ -144,6 +144,11 @@ def quantise_bundle(
             f"unknown calibration {options.calibration!r}: choose from {', '.join(static.METHODS)}"
         )
     graph_names = fp32.dims.graph_names
+    contract = "ctc" if fp32.is_ctc else "autoregressive"
+    if contract not in tier.contracts:
+        raise GraniteOnnxError(
+            f"tier {tier.name} quantises a language model, which a {contract} bundle has none of"
+        )
     written = tier_graphs(tier, graph_names)
     if not written:
         raise GraniteOnnxError(f"tier {tier.name} writes no graph of this bundle ({', '.join(graph_names)})")

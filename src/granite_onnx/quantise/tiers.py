@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..specs import CTC, ENCODER, GRAPH_NAMES
-from . import dynamic, fp16, static, weight_only
+from . import dynamic, fp16, int4, static, weight_only
 from .job import GraphJob
 
 
@@ -18,6 +18,7 @@ class Tier:
     needs_clips: bool  # calibration or range checks on real audio
     write_graph: Callable[[GraphJob], tuple[dict, dict]]  # -> (quantised node counts, details)
     warning: str | None = None  # what a user of this tier must know; printed by quantise, on the card
+    contracts: tuple[str, ...] = ("autoregressive", "ctc")  # registry contracts whose bundles it applies to
 
 
 # The published 4.1-2b INT8 recipe, kept so that its bundle can be reproduced and compared; see dynamic.py.
@@ -61,6 +62,26 @@ TIERS = {
             (ENCODER,),
             True,
             fp16.write_graph,
+        ),
+        Tier(
+            "int4w",
+            f"4-bit weight-only LLM, round to nearest: int4 in blocks of {int4.BLOCK_SIZE} input rows in "
+            "plain ai.onnx (blocked DequantizeLinear -> MatMul, opset 21), lm_head and embedding rows int8; "
+            "encoder int8w",
+            GRAPH_NAMES,
+            False,
+            int4.writer("rtn"),
+            contracts=("autoregressive",),
+        ),
+        Tier(
+            "int4w-gptq",
+            f"4-bit weight-only LLM, GPTQ on real clips (the Hessians of both LLM graphs pooled): int4 in "
+            f"blocks of {int4.BLOCK_SIZE} in plain ai.onnx (opset 21), lm_head and embedding rows int8; "
+            "encoder int8w. Its bytes depend on the CPU that calibrates (FP32 activations)",
+            GRAPH_NAMES,
+            True,
+            int4.writer("gptq"),
+            contracts=("autoregressive",),
         ),
         Tier(
             "int8-published",
