@@ -141,3 +141,16 @@ def run_whole_pipeline(bundle: Path, ckpt: Path, ungated: tuple[str, ...] = ()) 
     for name in (g for g, facts in meta["graphs"].items() if facts["tier"] in ("fp32", "int8")):
         assert f"{name}.onnx" in dry.output  # every graph of the entry's contract, FP32 and a tier
     return meta
+
+
+def user_error(args: list[str]) -> str:
+    """Run the CLI on ``args``; it must fail with exit 2 and one ``error:`` line (no traceback)."""
+    from click.testing import CliRunner
+
+    from granite_onnx.cli import cli
+
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output
+    return lines[0]

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import CLIPS, family_checkpoint, run_whole_pipeline
+from conftest import CLIPS, family_checkpoint, run_whole_pipeline, user_error
 
 from granite_onnx.checkpoint import load_reference_model, validate_checkpoint
 from granite_onnx.cli import cli
@@ -59,14 +59,6 @@ def ctc_model(ctc):
     return load_reference_model(ctc[0])
 
 
-def _user_error(args: list[str]) -> str:
-    result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output
-    return lines[0]
-
-
 # --- the checkpoint -----------------------------------------------------------------------------------
 
 
@@ -97,8 +89,8 @@ def test_a_corrupt_blank_is_one_line_at_validation(ctc, tmp_path: Path):
 
 def test_export_refuses_a_prompt_and_foreign_graphs_in_one_line(ctc, tmp_path: Path):
     args = ["export", "--model-dir", str(ctc[0]), "--out-dir", str(tmp_path / "out")]
-    assert "a CTC model takes no prompt" in _user_error([*args, "--prompt", "transcribe"])
-    assert "--graph encoder is not a graph of granite-speech-5.0-ctc" in _user_error(
+    assert "a CTC model takes no prompt" in user_error([*args, "--prompt", "transcribe"])
+    assert "--graph encoder is not a graph of granite-speech-5.0-ctc" in user_error(
         [*args, "--graph", "encoder"]
     )
     assert not (tmp_path / "out").exists()
@@ -375,7 +367,7 @@ def test_transcribe_cli_on_a_ctc_bundle(ctc_meta, decoded):
         cli, ["transcribe", "--bundle", str(bundle), "--frontend", "onnx", "--json", str(CLIPS / "jfk.flac")]
     )
     assert json.loads(onnx_frontend.output.strip().splitlines()[-1])["token_ids"] == record["token_ids"]
-    line = _user_error(["transcribe", "--bundle", str(bundle), "--task", "speakers", str(CLIPS / "jfk.flac")])
+    line = user_error(["transcribe", "--bundle", str(bundle), "--task", "speakers", str(CLIPS / "jfk.flac")])
     assert "CTC bundle" in line
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import CLIPS, family_checkpoint, run_whole_pipeline
+from conftest import CLIPS, family_checkpoint, run_whole_pipeline, user_error
 from safetensors import safe_open
 
 from granite_onnx.checkpoint import CheckpointSource, load_reference_model, validate_checkpoint
@@ -42,14 +42,6 @@ def _edit_config(folder: Path, **changes) -> None:
     config = json.loads(path.read_text())
     config.update(changes)
     path.write_text(json.dumps(config))
-
-
-def _user_error(args: list[str]) -> str:
-    result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output
-    return lines[0]
 
 
 # --- the registry ------------------------------------------------------------------------------------
@@ -82,7 +74,7 @@ def test_the_rest_of_the_family_is_refused_in_one_line(tiny_ckpt: Path, tmp_path
     _edit_config(folder, **changes)
     with pytest.raises(CheckpointError, match=message):
         validate_checkpoint(folder)
-    line = _user_error(["export", "--model-dir", str(folder), "--out-dir", str(tmp_path / "out")])
+    line = user_error(["export", "--model-dir", str(folder), "--out-dir", str(tmp_path / "out")])
     assert re.search(message, line)
     assert not (tmp_path / "out").exists()
 
@@ -304,7 +296,7 @@ def test_export_records_the_prompt_and_prompt_overrides_it(tiny_ckpt: Path, tmp_
         and meta["prompt"]["instruction_source"] == "--prompt"
     )
     assert "write it down." in meta["prompt"]["text"]
-    line = _user_error(
+    line = user_error(
         ["export", "--model-dir", str(tiny_ckpt), "--out-dir", str(tmp_path / "b2"), "--prompt", " "]
     )
     assert "--prompt must not be empty" in line
@@ -320,7 +312,7 @@ def test_transcribe_tasks_on_plus_parse_into_json(plus_bundle: Path):
         assert result.exit_code == 0, result.output
         record = json.loads(result.output.strip().splitlines()[-1])
         assert record["task"] == task and isinstance(record[key], list)
-    wrong = _user_error(
+    wrong = user_error(
         ["transcribe", "--bundle", str(plus_bundle), str(CLIPS / "jfk.flac"), "--task", "sing"]
     )
     assert "no task 'sing'; choose from asr, speakers, timestamps" in wrong

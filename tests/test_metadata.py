@@ -36,6 +36,7 @@ from granite_onnx.specs import GRAPH_NAMES, ModelDims, graph_specs
 TOP_LEVEL = {
     "schema_version",
     "contract",
+    "runtime_support",
     "audio",
     "source_model",
     "toolchain",

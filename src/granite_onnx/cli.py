@@ -288,18 +288,21 @@ def transcribe(bundle, tier, max_new_tokens, threads, as_json, frontend, prompt,
     for path in audio:
         result = pipeline.transcribe_file(path, max_new_tokens, instruction)
         if as_json:
-            record = {
-                "file": str(path),
-                "text": result.text,
-                "token_ids": list(result.token_ids),
-                "audio_seconds": round(result.audio_seconds, 3),
-                "seconds": round(result.seconds, 3),
-                "task": task,
-                **parse_task_output(task, result.text),
-            }
-            click.echo(json.dumps(record))
+            click.echo(json.dumps({**_record(path, result, task), **parse_task_output(task, result.text)}))
         else:
             click.echo(f"{path}: {result.text}")
+
+
+def _record(path: Path, result, task: str) -> dict:
+    """One file's ``transcribe --json`` line."""
+    return {
+        "file": str(path),
+        "text": result.text,
+        "token_ids": list(result.token_ids),
+        "audio_seconds": round(result.audio_seconds, 3),
+        "seconds": round(result.seconds, 3),
+        "task": task,
+    }
 
 
 def _transcribe_ctc(bundle, tier, threads, as_json, frontend, prompt, task, audio) -> None:
@@ -314,15 +317,7 @@ def _transcribe_ctc(bundle, tier, threads, as_json, frontend, prompt, task, audi
     for path in audio:
         result = pipeline.transcribe_file(path)
         if as_json:
-            record = {
-                "file": str(path),
-                "text": result.text,
-                "token_ids": list(result.token_ids),
-                "audio_seconds": round(result.audio_seconds, 3),
-                "seconds": round(result.seconds, 3),
-                "task": "asr",
-            }
-            click.echo(json.dumps(record))
+            click.echo(json.dumps(_record(path, result, "asr")))
         else:
             click.echo(f"{path}: {result.text}")
 

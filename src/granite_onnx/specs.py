@@ -277,19 +277,23 @@ def decode_step_spec(dims: ModelDims) -> GraphSpec:
     )
 
 
-def frontend_spec(feature_dim: int = FEATURE_DIM) -> GraphSpec:
+def frontend_spec(feature_dim: int = FEATURE_DIM, ctc: bool = False) -> GraphSpec:
     """``waveform`` [batch, samples] + ``num_samples`` [batch] -> the encoder's ``input_features`` and the
-    number of audio tokens each utterance gets in the prompt (``export/frontend.py`` builds the graph)."""
+    number of audio tokens each utterance gets in the prompt (``export/frontend.py`` builds the graph); a CTC
+    bundle's (``export/ctc_frontend.py``): the CTC graph's two inputs, the features and their
+    ``attention_mask``."""
+    second = (
+        TensorSpec("attention_mask", "int64", ("batch", "frames"))
+        if ctc
+        else TensorSpec("audio_token_count", "int64", ("batch",))
+    )
     return GraphSpec(
         FRONTEND,
         inputs=(
             TensorSpec("waveform", "float32", ("batch", "samples")),
             TensorSpec("num_samples", "int64", ("batch",)),
         ),
-        outputs=(
-            TensorSpec("input_features", "float32", ("batch", "frames", feature_dim)),
-            TensorSpec("audio_token_count", "int64", ("batch",)),
-        ),
+        outputs=(TensorSpec("input_features", "float32", ("batch", "frames", feature_dim)), second),
     )
 
 
@@ -303,22 +307,6 @@ def ctc_spec(dims: CtcDims) -> GraphSpec:
             TensorSpec("attention_mask", "int64", ("batch", "frames")),
         ),
         outputs=(TensorSpec("logits", "float32", ("batch", "ctc_frames", dims.vocab)),),
-    )
-
-
-def ctc_frontend_spec(feature_dim: int) -> GraphSpec:
-    """A CTC bundle's ``frontend.onnx`` (``export/ctc_frontend.py``): the same inputs as the autoregressive
-    front-end -> the CTC graph's two inputs, ``input_features`` and its ``attention_mask``."""
-    return GraphSpec(
-        FRONTEND,
-        inputs=(
-            TensorSpec("waveform", "float32", ("batch", "samples")),
-            TensorSpec("num_samples", "int64", ("batch",)),
-        ),
-        outputs=(
-            TensorSpec("input_features", "float32", ("batch", "frames", feature_dim)),
-            TensorSpec("attention_mask", "int64", ("batch", "frames")),
-        ),
     )
 
 

@@ -23,9 +23,9 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..runtime.ctc_features import CtcFeatureConfig
-from ..runtime.features import _mel_filterbank, _window, min_audio_samples
-from ..specs import FRONTEND, IR_VERSION, OPSET, ctc_frontend_spec
-from .frontend import COMPUTE_DTYPES, LOG_FLOOR, _const, _value_info
+from ..runtime.features import min_audio_samples
+from ..specs import frontend_spec
+from .frontend import COMPUTE_DTYPES, _const, dsp_inits, finish_model, log_scale_nodes, power_mel_nodes
 
 
 def _framing(hop: int) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
@@ -124,20 +124,9 @@ def build_ctc_frontend(cfg: CtcFeatureConfig, compute: str = "float64") -> onnx.
         raise ValueError(f"compute must be one of {COMPUTE_DTYPES}, got {compute!r}")
     real = np.dtype(compute)
     stft, mels = cfg.stft, cfg.stft.n_mels
-    spec = ctc_frontend_spec(4 * mels)
-    pad = stft.n_fft // 2
+    spec = frontend_spec(4 * mels, ctc=True)
     inits = [
-        _const("pads", [0, pad, 0, pad], np.int64),
-        _const("frame_step", stft.hop_length, np.int64),
-        _const("window", _window(stft), real),
-        _const("mel_bank", _mel_filterbank(stft), real),
-        _const("last_axis", [-1], np.int64),
-        _const("time_mel_axes", [1, 2], np.int64),
-        _const("log_floor", LOG_FLOOR, real),
-        _const("inv_ln10", 1.0 / np.log(10.0), real),
-        _const("dynamic_range", float(cfg.logmel_floor_db), real),
-        _const("quarter", 0.25, real),
-        _const("one", 1.0, real),
+        *dsp_inits(stft, real, float(cfg.logmel_floor_db)),
         _const("zero_1d", [0], np.int64),
         _const("frame_axis", [1], np.int64),
         _const("stacked_shape", [0, -1, 4 * mels], np.int64),
@@ -146,22 +135,9 @@ def build_ctc_frontend(cfg: CtcFeatureConfig, compute: str = "float64") -> onnx.
     nodes = [
         helper.make_node("Cast", ["waveform"], ["samples"], to=helper.np_dtype_to_tensor_dtype(real)),
         *framing,
-        # centred power spectrogram, cut to num_frames [batch, num_frames, n_fft // 2 + 1]
-        helper.make_node("Pad", ["filled", "pads"], ["padded"], mode="reflect"),
-        helper.make_node("Unsqueeze", ["padded", "last_axis"], ["signal"]),
-        helper.make_node("STFT", ["signal", "frame_step", "window"], ["spectrum"], onesided=1),
-        helper.make_node("ReduceSumSquare", ["spectrum", "last_axis"], ["power"], keepdims=0),
-        helper.make_node("MatMul", ["power", "mel_bank"], ["mel_all"]),
+        *power_mel_nodes("filled", "mel_all"),  # [batch, 1 + L' // hop, n_mels], then cut to num_frames
         helper.make_node("Slice", ["mel_all", "zero_1d", "num_frames", "frame_axis"], ["mel"]),
-        # log10, per-utterance floor, scale [batch, num_frames, n_mels]
-        helper.make_node("Max", ["mel", "log_floor"], ["mel_clamped"]),
-        helper.make_node("Log", ["mel_clamped"], ["ln_mel"]),
-        helper.make_node("Mul", ["ln_mel", "inv_ln10"], ["log_mel"]),
-        helper.make_node("ReduceMax", ["log_mel", "time_mel_axes"], ["utterance_max"], keepdims=1),
-        helper.make_node("Sub", ["utterance_max", "dynamic_range"], ["floor"]),
-        helper.make_node("Max", ["log_mel", "floor"], ["floored"]),
-        helper.make_node("Mul", ["floored", "quarter"], ["quartered"]),
-        helper.make_node("Add", ["quartered", "one"], ["scaled"]),
+        *log_scale_nodes("mel", "scaled"),
     ]
     delta_nodes, delta_inits = _deltas(cfg.delta_win_length, real)
     mask_nodes, mask_inits = _mask(stft.hop_length)
@@ -172,22 +148,10 @@ def build_ctc_frontend(cfg: CtcFeatureConfig, compute: str = "float64") -> onnx.
         helper.make_node("Cast", ["stacked"], ["input_features"], to=TensorProto.FLOAT),
         *mask_nodes,
     ]
-    graph = helper.make_graph(
-        nodes,
-        FRONTEND,
-        [_value_info(t) for t in spec.inputs],
-        [_value_info(t) for t in spec.outputs],
-        initializer=inits + framing_inits + delta_inits + mask_inits,
-        doc_string=(
-            f"Granite Speech 5.0 CTC front-end: {stft.sampling_rate} Hz waveform (at least "
-            f"{min_audio_samples(stft)} samples), n_fft {stft.n_fft}, Hann {stft.win_length}, hop "
-            f"{stft.hop_length}, {mels} HTK mels + deltas (window {cfg.delta_win_length}) -> stacked "
-            f"[frames, {4 * mels}] features and their attention_mask; computed in {compute}"
-        ),
+    doc = (
+        f"Granite Speech 5.0 CTC front-end: {stft.sampling_rate} Hz waveform (at least "
+        f"{min_audio_samples(stft)} samples), n_fft {stft.n_fft}, Hann {stft.win_length}, hop "
+        f"{stft.hop_length}, {mels} HTK mels + deltas (window {cfg.delta_win_length}) -> stacked "
+        f"[frames, {4 * mels}] features and their attention_mask; computed in {compute}"
     )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="granite-onnx"
-    )
-    model.ir_version = IR_VERSION
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return finish_model(nodes, inits + framing_inits + delta_inits + mask_inits, spec, doc)

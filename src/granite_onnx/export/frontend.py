@@ -80,42 +80,17 @@ def build_frontend(cfg: FeatureConfig, compute: str = "float64") -> onnx.ModelPr
         raise ValueError(f"compute must be one of {COMPUTE_DTYPES}, got {compute!r}")
     real = np.dtype(compute)
     spec = frontend_spec(2 * cfg.n_mels)
-    pad = cfg.n_fft // 2
     inits = [
-        _const("pads", [0, pad, 0, pad], np.int64),
-        _const("frame_step", cfg.hop_length, np.int64),
-        _const("window", _window(cfg), real),
-        _const("mel_bank", _mel_filterbank(cfg), real),
-        _const("last_axis", [-1], np.int64),
-        _const("time_mel_axes", [1, 2], np.int64),
-        _const("log_floor", LOG_FLOOR, real),
-        _const("inv_ln10", 1.0 / np.log(10.0), real),
-        _const("dynamic_range", DYNAMIC_RANGE, real),
-        _const("quarter", 0.25, real),
-        _const("one", 1.0, real),
+        *dsp_inits(cfg, real, DYNAMIC_RANGE),
         _const("frame_axis", [1], np.int64),
         _const("zero_1d", [0], np.int64),
         _const("two_1d", [2], np.int64),
         _const("stacked_shape", [0, -1, 2 * cfg.n_mels], np.int64),
     ]
     nodes = [
-        # 1. centred power spectrogram [batch, frames, n_fft // 2 + 1]
         helper.make_node("Cast", ["waveform"], ["samples"], to=helper.np_dtype_to_tensor_dtype(real)),
-        helper.make_node("Pad", ["samples", "pads"], ["padded"], mode="reflect"),
-        helper.make_node("Unsqueeze", ["padded", "last_axis"], ["signal"]),
-        helper.make_node("STFT", ["signal", "frame_step", "window"], ["spectrum"], onesided=1),
-        helper.make_node("ReduceSumSquare", ["spectrum", "last_axis"], ["power"], keepdims=0),
-        # 2. mel power [batch, frames, n_mels]
-        helper.make_node("MatMul", ["power", "mel_bank"], ["mel"]),
-        # 3. log10, per-utterance floor, scale
-        helper.make_node("Max", ["mel", "log_floor"], ["mel_clamped"]),
-        helper.make_node("Log", ["mel_clamped"], ["ln_mel"]),
-        helper.make_node("Mul", ["ln_mel", "inv_ln10"], ["log_mel"]),
-        helper.make_node("ReduceMax", ["log_mel", "time_mel_axes"], ["utterance_max"], keepdims=1),
-        helper.make_node("Sub", ["utterance_max", "dynamic_range"], ["floor"]),
-        helper.make_node("Max", ["log_mel", "floor"], ["floored"]),
-        helper.make_node("Mul", ["floored", "quarter"], ["quartered"]),
-        helper.make_node("Add", ["quartered", "one"], ["scaled"]),
+        *power_mel_nodes("samples", "mel"),
+        *log_scale_nodes("mel", "scaled"),
         # 4. even frame count, pairs stacked
         helper.make_node("Shape", ["scaled"], ["scaled_shape"]),
         helper.make_node("Gather", ["scaled_shape", "frame_axis"], ["frames"], axis=0),
@@ -126,18 +101,69 @@ def build_frontend(cfg: FeatureConfig, compute: str = "float64") -> onnx.ModelPr
         helper.make_node("Cast", ["stacked"], ["input_features"], to=TensorProto.FLOAT),
     ]
     count_nodes, count_inits = _token_count_nodes(cfg)
+    doc = (
+        f"Granite Speech log-mel front-end: {cfg.sampling_rate} Hz waveform (at least "
+        f"{min_audio_samples(cfg)} samples), n_fft {cfg.n_fft}, Hann {cfg.win_length}, "
+        f"hop {cfg.hop_length}, "
+        f"{cfg.n_mels} HTK mels -> stacked [frames, {2 * cfg.n_mels}] features; computed in {compute}"
+    )
+    return finish_model(nodes + count_nodes, inits + count_inits, spec, doc)
+
+
+def dsp_inits(cfg: FeatureConfig, real: np.dtype, dynamic_range: float) -> list[TensorProto]:
+    """The constants of :func:`power_mel_nodes` and :func:`log_scale_nodes` (the window and the bank from
+    Python's math, the same bits on every CPU)."""
+    pad = cfg.n_fft // 2
+    return [
+        _const("pads", [0, pad, 0, pad], np.int64),
+        _const("frame_step", cfg.hop_length, np.int64),
+        _const("window", _window(cfg), real),
+        _const("mel_bank", _mel_filterbank(cfg), real),
+        _const("last_axis", [-1], np.int64),
+        _const("time_mel_axes", [1, 2], np.int64),
+        _const("log_floor", LOG_FLOOR, real),
+        _const("inv_ln10", 1.0 / np.log(10.0), real),
+        _const("dynamic_range", dynamic_range, real),
+        _const("quarter", 0.25, real),
+        _const("one", 1.0, real),
+    ]
+
+
+def power_mel_nodes(samples: str, mel: str) -> list[onnx.NodeProto]:
+    """``samples`` [batch, L] -> ``mel`` [batch, frames, n_mels]: the centred power spectrogram (reflect pad,
+    STFT, |X|^2) times the HTK bank."""
+    return [
+        helper.make_node("Pad", [samples, "pads"], ["padded"], mode="reflect"),
+        helper.make_node("Unsqueeze", ["padded", "last_axis"], ["signal"]),
+        helper.make_node("STFT", ["signal", "frame_step", "window"], ["spectrum"], onesided=1),
+        helper.make_node("ReduceSumSquare", ["spectrum", "last_axis"], ["power"], keepdims=0),
+        helper.make_node("MatMul", ["power", "mel_bank"], [mel]),
+    ]
+
+
+def log_scale_nodes(mel: str, scaled: str) -> list[onnx.NodeProto]:
+    """``log10(max(mel, 1e-10))``, floored at each utterance's maximum minus the dynamic range, / 4 + 1."""
+    return [
+        helper.make_node("Max", [mel, "log_floor"], ["mel_clamped"]),
+        helper.make_node("Log", ["mel_clamped"], ["ln_mel"]),
+        helper.make_node("Mul", ["ln_mel", "inv_ln10"], ["log_mel"]),
+        helper.make_node("ReduceMax", ["log_mel", "time_mel_axes"], ["utterance_max"], keepdims=1),
+        helper.make_node("Sub", ["utterance_max", "dynamic_range"], ["floor"]),
+        helper.make_node("Max", ["log_mel", "floor"], ["floored"]),
+        helper.make_node("Mul", ["floored", "quarter"], ["quartered"]),
+        helper.make_node("Add", ["quartered", "one"], [scaled]),
+    ]
+
+
+def finish_model(nodes: list, inits: list, spec, doc: str) -> onnx.ModelProto:
+    """The front-end graph as a checked opset-20, IR-10 model."""
     graph = helper.make_graph(
-        nodes + count_nodes,
+        nodes,
         FRONTEND,
         [_value_info(t) for t in spec.inputs],
         [_value_info(t) for t in spec.outputs],
-        initializer=inits + count_inits,
-        doc_string=(
-            f"Granite Speech log-mel front-end: {cfg.sampling_rate} Hz waveform (at least "
-            f"{min_audio_samples(cfg)} samples), n_fft {cfg.n_fft}, Hann {cfg.win_length}, "
-            f"hop {cfg.hop_length}, "
-            f"{cfg.n_mels} HTK mels -> stacked [frames, {2 * cfg.n_mels}] features; computed in {compute}"
-        ),
+        initializer=inits,
+        doc_string=doc,
     )
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="granite-onnx"
