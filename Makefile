@@ -169,11 +169,13 @@ bench-runtime-versions: setup
 
 # The 4-bit recipes on the trained fixture (method x block x grid, 8-bit head, FP32 encoder: held-out WER vs
 # PyTorch; run `make all MODEL=trained` first), then the chosen form's full-size decode speed per block size
-# against FP32 with its bandwidth bound (/tmp/granite-full/bundle from bench-export-full). About 40 min.
+# against FP32 with its bandwidth bound (/tmp/granite-full/bundle from bench-export-full), and int4w's held-out
+# WER under an emulated AVX2 CPU (qemu-user). About 50 min.
 bench-int4: setup
 	$(PY) bench/int4_blocks.py --blocks 16 32 64 --grids sym asym --eight-bit "/lm_head/MatMul" \
 		--json bench/results/int4_blocks_trained.json
 	$(PY) bench/int4_speed.py --bundle /tmp/granite-full/bundle --json bench/results/int4_speed_full.json
+	$(PY) bench/int4_emulated.py --bundle out/trained --json bench/results/int4w_emulated_avx2_trained.json
 
 # Per-operator time of one full-size graph at 2 threads, beside PyTorch's encoder (GRAPH=decode_step, ...).
 GRAPH ?= encoder
