@@ -52,8 +52,13 @@ def main() -> None:
         runs["emulated"]["tiers"][args.tier]["token_ids"] == runs["native"]["tiers"][args.tier]["token_ids"]
     )
     result["tokens_same_emulated_and_native"] = same
+    result["token_ids"] = {
+        where: {tier: [list(ids) for ids in run["tiers"][tier]["token_ids"]] for tier in ("fp32", args.tier)}
+        for where, run in runs.items()
+    }
+    result["clip_names"] = [c.name for c in clips]
     result["seconds"] = round(time.time() - start)
-    print(json.dumps(result, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k != "token_ids"}, indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 
