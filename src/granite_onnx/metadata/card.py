@@ -578,6 +578,22 @@ def frontend_check_text(meta: dict) -> str:
     )
 
 
+def node_and_rust() -> list[str]:
+    """The reference Node.js transcriber (it runs both contracts) and the Rust equivalent."""
+    return [
+        "**Node.js**: the granite-onnx repository's reference transcriber (onnxruntime-node with the CPU "
+        "binaries in its npm package, `@huggingface/tokenizers` for the decode) runs these steps; CI "
+        "checks it against the Python runtime token for token on every tier:",
+        fenced(
+            "npm ci --ignore-scripts --prefix examples/node\n"
+            "node examples/node/transcribe.mjs BUNDLE audio.wav --tier int8",
+            "bash",
+        ),
+        "**Rust** (`ort` 2.0): the same steps with one `Session::builder()?.commit_from_file(path)?` per "
+        'graph and the `tokenizers` crate\'s `Tokenizer::from_file("tokenizer.json")` for the decode.',
+    ]
+
+
 def ctc_consumers_section(meta: dict) -> str:
     """How to run a CTC bundle outside Python: frontend.onnx, the CTC graph, the decode rule."""
     audio, graphs, decode = meta["audio"], meta["graphs"], meta.get("ctc_decode") or {}
@@ -602,13 +618,7 @@ def ctc_consumers_section(meta: dict) -> str:
             "\n".join(steps),
             table(["tier", "files, in pipeline order"], rows),
             frontend_check_text(meta),
-            "**Node.js**: the granite-onnx repository's reference transcriber runs these steps too; CI "
-            "checks it against the Python runtime token for token on every tier:",
-            fenced(
-                "npm ci --ignore-scripts --prefix examples/node\n"
-                "node examples/node/transcribe.mjs BUNDLE audio.wav --tier int8",
-                "bash",
-            ),
+            *node_and_rust(),
         ]
     )
 
@@ -653,16 +663,7 @@ def consumers_section(meta: dict) -> str:
             "\n".join(steps),
             table(["tier", "files, in pipeline order"], rows),
             frontend_check_text(meta),
-            "**Node.js**: the granite-onnx repository's reference transcriber (onnxruntime-node with the CPU "
-            "binaries in its npm package, `@huggingface/tokenizers` for the decode) runs these steps; CI "
-            "checks it against the Python runtime token for token on every tier:",
-            fenced(
-                "npm ci --ignore-scripts --prefix examples/node\n"
-                "node examples/node/transcribe.mjs BUNDLE audio.wav --tier int8",
-                "bash",
-            ),
-            "**Rust** (`ort` 2.0): the same steps with one `Session::builder()?.commit_from_file(path)?` per "
-            'graph and the `tokenizers` crate\'s `Tokenizer::from_file("tokenizer.json")` for the decode.',
+            *node_and_rust(),
         ]
     )
 

@@ -297,7 +297,11 @@ def activation_grams(
 def pooled_grams(job: GraphJob, block: int) -> dict[str, np.ndarray]:
     """The grams of both LLM graphs' calibration inputs, summed per MatMul (the two graphs hold the same
     weights under the same node names): prompt_encode sees every prompt position, decode_step the generated
-    ones, and both graphs then get the same quantised weights, as RTN gives them."""
+    ones, and both graphs then get the same quantised weights, as RTN gives them. The tier's two LLM jobs
+    share one calibration set, so the second reuses the first's sums (one slot: the last set only)."""
+    key = (str(job.src.parent), block, tuple(sorted(job.excluded)))
+    if _POOLED and _POOLED[0] == key and _POOLED[1] is job.calibration:
+        return _POOLED[2]
     total: dict[str, np.ndarray] = {}
     for name in LLM_GRAPHS:
         src = job.src.parent / f"{name}.onnx"
@@ -307,7 +311,11 @@ def pooled_grams(job: GraphJob, block: int) -> dict[str, np.ndarray]:
         targets = matmul_targets(model, set(job.excluded), block)
         for node, g in activation_grams(src, targets, job.calibration.feeds[name]).items():
             total[node] = total[node] + g if node in total else g
+    _POOLED[:] = [key, job.calibration, total]
     return total
+
+
+_POOLED: list = []  # [key, calibration set, grams] of the last pooled_grams call
 
 
 def quantise_model(
@@ -362,13 +370,7 @@ def quantise_model(
         elif init.name in tables:
             table = numpy_helper.to_array(init, str(base))
             q8, scale8 = weight_only.quantise_weight(table, tables[init.name])
-            new_inits += [
-                numpy_helper.from_array(q8, init.name + weight_only.SUFFIX),
-                numpy_helper.from_array(scale8, init.name + weight_only.SUFFIX + "_scale"),
-                numpy_helper.from_array(
-                    np.zeros_like(scale8, np.int8), init.name + weight_only.SUFFIX + "_zero_point"
-                ),
-            ]
+            new_inits += weight_only.int8_initializers(init.name, q8, scale8)
         else:
             keep.append(init)
     dq = [
@@ -383,16 +385,7 @@ def quantise_model(
         )
         for name in targets
     ]
-    dq += [
-        helper.make_node(
-            "DequantizeLinear",
-            [name + weight_only.SUFFIX + s for s in ("", "_scale", "_zero_point")],
-            [name + "_dequantized"],
-            axis=axis,
-            name=f"/int4w/DequantizeLinear_{name}",
-        )
-        for name, axis in tables.items()
-    ]
+    dq += [weight_only.dequantize_node(name, axis, "int4w") for name, axis in tables.items()]
     counts: Counter[str] = Counter()
     for node in graph.node:
         for i, name in enumerate(node.input):

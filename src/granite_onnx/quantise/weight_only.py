@@ -63,6 +63,26 @@ def dequantise(q: np.ndarray, scale: np.ndarray, axis: int) -> np.ndarray:
     return q.astype(np.float32) * scale.reshape(shape)
 
 
+def int8_initializers(name: str, q: np.ndarray, scale: np.ndarray) -> list[onnx.TensorProto]:
+    """The int8 values, scales and zero points that replace weight ``name`` (:func:`dequantize_node`)."""
+    return [
+        numpy_helper.from_array(q, name + SUFFIX),
+        numpy_helper.from_array(scale, name + SUFFIX + "_scale"),
+        numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), name + SUFFIX + "_zero_point"),
+    ]
+
+
+def dequantize_node(name: str, axis: int, tier: str = "int8w") -> onnx.NodeProto:
+    """``DequantizeLinear`` of weight ``name``'s int8 initializers into ``<name>_dequantized``."""
+    return helper.make_node(
+        "DequantizeLinear",
+        [name + SUFFIX, name + SUFFIX + "_scale", name + SUFFIX + "_zero_point"],
+        [name + "_dequantized"],
+        axis=axis,
+        name=f"/{tier}/DequantizeLinear_{name}",
+    )
+
+
 def _targets(model: onnx.ModelProto, excluded: set[str]) -> dict[str, int]:
     """Weight initializer -> channel axis, for every MatMul / Gather that reads a 2-D FP32 initializer.
 
@@ -116,22 +136,9 @@ def quantise_model(
         records.append(
             QuantisedWeight(init.name, tuple(weight.shape), axis, error, float(np.max(np.abs(weight))))
         )
-        new_inits += [
-            numpy_helper.from_array(q, init.name + SUFFIX),
-            numpy_helper.from_array(scale, init.name + SUFFIX + "_scale"),
-            numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), init.name + SUFFIX + "_zero_point"),
-        ]
+        new_inits += int8_initializers(init.name, q, scale)
         del weight
-    dq_nodes = [
-        helper.make_node(
-            "DequantizeLinear",
-            [name + SUFFIX, name + SUFFIX + "_scale", name + SUFFIX + "_zero_point"],
-            [name + "_dequantized"],
-            axis=axis,
-            name=f"/int8w/DequantizeLinear_{name}",
-        )
-        for name, axis in targets.items()
-    ]
+    dq_nodes = [dequantize_node(name, axis) for name, axis in targets.items()]
     counts: Counter[str] = Counter()
     for node in graph.node:
         for i, name in enumerate(node.input):

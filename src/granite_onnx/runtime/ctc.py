@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BundleError
-from ..specs import CTC, FRONTEND
+from ..specs import CTC
 from .audio import load_audio
-from .bundle import Bundle, graph_file
+from .bundle import Bundle
 from .ctc_features import ctc_features
 from .features import min_audio_samples
-from .frontend import FRONTENDS, OnnxFrontend
+from .frontend import FRONTENDS, bundle_frontend
+from .pipeline import Transcript
 from .prompt import PromptBuilder
 from .sessions import open_session
 
@@ -58,14 +59,6 @@ def ctc_feeds(features: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-@dataclass(frozen=True)
-class CtcTranscript:
-    text: str
-    token_ids: tuple[int, ...]
-    audio_seconds: float
-    seconds: float
-
-
 class CtcPipeline:
     """The one session of a CTC bundle tier, its front-end and its tokenizer."""
 
@@ -79,7 +72,7 @@ class CtcPipeline:
     ):
         """``frontend``: "numpy" computes the features with :mod:`.ctc_features`, "onnx" runs the bundle's
         ``frontend.onnx`` (what a consumer outside Python runs); both give the same features."""
-        if frontend not in FRONTENDS:
+        if frontend not in FRONTENDS:  # before the bundle is opened: a typo fails first
             raise BundleError(f"unknown front-end {frontend!r}; choose from {', '.join(FRONTENDS)}")
         self.bundle = Bundle.open(folder, tier)
         if not self.bundle.is_ctc:
@@ -88,12 +81,7 @@ class CtcPipeline:
             )
         self.session = open_session(self.bundle.path(CTC), threads, opt_level)
         self.prompts = PromptBuilder(self.bundle.folder)  # its tokenizer; a CTC bundle has no prompt
-        self.frontend = None
-        if frontend == "onnx":
-            path = self.bundle.folder / graph_file(FRONTEND)
-            if not path.is_file():
-                raise BundleError(f"{path} is missing: export the bundle again (or use --frontend numpy)")
-            self.frontend = OnnxFrontend(path, self.bundle.features, threads)
+        self.frontend = bundle_frontend(self.bundle, frontend, threads)
 
     def features(self, audio: np.ndarray) -> np.ndarray:
         """[1, rows, 320] features of one utterance (every row valid), by this pipeline's front-end."""
@@ -124,17 +112,17 @@ class CtcPipeline:
     def text(self, ids) -> str:
         return self.prompts.decode(list(ids))
 
-    def transcribe_array(self, audio: np.ndarray) -> CtcTranscript:
+    def transcribe_array(self, audio: np.ndarray) -> Transcript:
         start = time.perf_counter()
         result = self.decode(self.features(audio))
-        return CtcTranscript(
+        return Transcript(
             text=self.text(result.token_ids),
             token_ids=result.token_ids,
             audio_seconds=len(audio) / self.bundle.features.sampling_rate,
             seconds=time.perf_counter() - start,
         )
 
-    def transcribe_file(self, path: Path) -> CtcTranscript:
+    def transcribe_file(self, path: Path) -> Transcript:
         cfg = self.bundle.features
         audio = load_audio(path, cfg.sampling_rate, min_samples=min_audio_samples(cfg.stft))
         return self.transcribe_array(audio)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import BundleError
+from ..specs import FRONTEND
 from .ctc_features import CtcFeatureConfig
 from .features import FeatureConfig, check_long_enough
 from .sessions import open_session
@@ -47,3 +49,22 @@ class OnnxFrontend:
         waveform, num_samples = pad_batch(waves)
         features, counts = self.session.run(None, {"waveform": waveform, "num_samples": num_samples})
         return features, counts
+
+
+def bundle_frontend(bundle, frontend: str, threads: int | None = None) -> OnnxFrontend | None:
+    """The front-end a pipeline over ``bundle`` (a :class:`~.bundle.Bundle`) computes its features with:
+    None for "numpy" (the recipe in Python), the bundle's ``frontend.onnx`` for "onnx"; one line when
+    ``frontend`` is neither or the bundle has no such graph."""
+    from .bundle import graph_file
+
+    if frontend not in FRONTENDS:
+        raise BundleError(f"unknown front-end {frontend!r}; choose from {', '.join(FRONTENDS)}")
+    if frontend == "numpy":
+        return None
+    path = bundle.folder / graph_file(FRONTEND)
+    if not path.is_file():
+        raise BundleError(
+            f"{path} is missing: the bundle predates the front-end graph, export it again "
+            "(or use --frontend numpy)"
+        )
+    return OnnxFrontend(path, bundle.features, threads)

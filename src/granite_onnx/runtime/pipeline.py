@@ -19,7 +19,7 @@ from ..specs import DECODE_STEP, ENCODER, FRONTEND, PROMPT_ENCODE, past_name
 from .audio import load_audio
 from .bundle import Bundle, graph_file
 from .features import audio_token_count, log_mel, min_audio_samples
-from .frontend import FRONTENDS, OnnxFrontend
+from .frontend import FRONTENDS, bundle_frontend
 from .prompt import PromptBuilder
 from .sessions import SharedWeights, open_session
 
@@ -84,18 +84,10 @@ class SpeechPipeline:
         ``graphs``: open only these sessions (a tool that runs one graph at a time holds one in memory).
         ``frontend``: "numpy" computes the features with :mod:`.features`, "onnx" runs the bundle's
         ``frontend.onnx`` (what a consumer outside Python runs); both give the same features."""
-        if frontend not in FRONTENDS:
+        if frontend not in FRONTENDS:  # before the bundle is opened: a typo fails first
             raise BundleError(f"unknown front-end {frontend!r}; choose from {', '.join(FRONTENDS)}")
         self.bundle = Bundle.open(folder, tier)
-        self.frontend = None
-        if frontend == "onnx":
-            path = self.bundle.folder / graph_file(FRONTEND)
-            if not path.is_file():
-                raise BundleError(
-                    f"{path} is missing: the bundle predates the front-end graph, export it again "
-                    "(or use --frontend numpy)"
-                )
-            self.frontend = OnnxFrontend(path, self.bundle.features, threads)
+        self.frontend = bundle_frontend(self.bundle, frontend, threads)
         self.prompts = PromptBuilder(self.bundle.folder)
         specs = self.bundle.specs
         self.specs = specs
