@@ -81,6 +81,23 @@ def test_verify_passes_on_every_tier_and_checks_each_tiers_kv(quantised_bundle):
     assert len(loads) == 1 + 3 + 3 * 3 + 1  # frontend, FP32, three tiers of three graphs, the fp16 encoder
 
 
+def _int8_weights(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
+    """FP32 weight name -> (int8 values, scales, channel axis), from the DequantizeLinear nodes (MatMul
+    weights) and the row-gathering Gathers (embedding tables: rows scaled after the Gather)."""
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    found = {}
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear":
+            q, scale, zero = (inits[name] for name in node.input)
+            assert zero.dtype == np.int8 and not zero.any()
+            axis = next(a.i for a in node.attribute if a.name == "axis")
+            found[node.input[0][: -len(SUFFIX)]] = (q, scale, axis)
+        elif node.name.endswith("/GatherRows"):
+            name = node.input[0][: -len(SUFFIX)]
+            found[name] = (inits[name + SUFFIX], inits[name + SUFFIX + "_scale"], 0)
+    return found
+
+
 def test_weight_only_weights_equal_the_quantisation_formula(quantised_bundle):
     fp32 = {
         i.name: numpy_helper.to_array(i)
@@ -89,12 +106,14 @@ def test_weight_only_weights_equal_the_quantisation_formula(quantised_bundle):
     model = load(quantised_bundle / "decode_step_int8w.onnx", True)
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
-    assert len(dq) == 2 * 7 + 2  # q k v o gate up down per layer, lm_head, embedding table
-    for node in dq:
-        q, scale, zero = (inits[name] for name in node.input)
-        axis = next(a.i for a in node.attribute if a.name == "axis")
-        weight = fp32[node.input[0][: -len(SUFFIX)]]
-        assert q.dtype == np.int8 and zero.dtype == np.int8 and not zero.any()
+    assert len(dq) == 2 * 7 + 1  # q k v o gate up down per layer, lm_head
+    weights = _int8_weights(model)
+    assert len(weights) == len(dq) + 1  # and the embedding table, gathered as int8 rows
+    # The table is never dequantised whole: only the gathered rows are scaled (Cast, Mul).
+    assert not any("embed_tokens" in n.input[0] for n in dq)
+    for name, (q, scale, axis) in weights.items():
+        weight = fp32[name]
+        assert q.dtype == np.int8
         other = tuple(i for i in range(weight.ndim) if i != axis)
         want_scale = (np.abs(weight).max(axis=other) / np.float32(127)).astype(np.float32)
         np.testing.assert_array_equal(scale, want_scale)
@@ -104,20 +123,16 @@ def test_weight_only_weights_equal_the_quantisation_formula(quantised_bundle):
         err = np.abs(weight - q.astype(np.float32) * scale.reshape(shape))
         assert (err <= scale.reshape(shape) / 2 + 1e-7).all()
     # The FP32 copies are gone: every quantised weight is stored once, in int8.
-    assert not {n.input[0][: -len(SUFFIX)] for n in dq} & set(inits)
+    assert not set(weights) & set(inits)
 
 
 def test_weight_only_graph_computes_with_exactly_the_dequantised_weights(quantised_bundle, tmp_path):
     """Swap the dequantised values into the FP32 graph: both graphs must then agree to rounding."""
     model = load(quantised_bundle / "decode_step_int8w.onnx", True)
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     swapped = load(quantised_bundle / "decode_step.onnx", True)
-    for node in (n for n in model.graph.node if n.op_type == "DequantizeLinear"):
-        q, scale, _ = (inits[name] for name in node.input)
-        axis = next(a.i for a in node.attribute if a.name == "axis")
+    for name, (q, scale, axis) in _int8_weights(model).items():
         shape = [1, 1]
         shape[axis] = -1
-        name = node.input[0][: -len(SUFFIX)]
         init = next(i for i in swapped.graph.initializer if i.name == name)
         init.CopyFrom(numpy_helper.from_array(q.astype(np.float32) * scale.reshape(shape), name))
     onnx.save_model(swapped, str(tmp_path / "swapped.onnx"))

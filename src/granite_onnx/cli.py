@@ -202,7 +202,7 @@ def fixture(out_dir: Path, seed: int, name: str) -> None:
     "tiers",
     required=True,
     multiple=True,
-    help="int8, int8w, int8s, fp16 or int8-published (repeatable; 'all': the first four).",
+    help="int8, int8w, int8s, fp16, int4w, int4w-gptq or int8-published (repeatable; 'all': the first four).",
 )
 @click.option(
     "--exclude", multiple=True, help="Node name or shell pattern to keep in full precision (repeatable)."
@@ -263,8 +263,17 @@ def quantise(bundle, tiers, exclude, clips_dir, calibration, threads, force, lay
     show_default=True,
     help="asr, or a task of the model's card (4.1-2b-plus: speakers, timestamps); parsed into --json.",
 )
+@click.option(
+    "--kv-cache",
+    type=click.Choice(["static", "concat"]),
+    default="static",
+    show_default=True,
+    help="static: decode_step writes into a preallocated cache in place; concat: the graph as exported.",
+)
 @click.argument("audio", nargs=-1, required=True, type=click.Path(path_type=Path))
-def transcribe(bundle, tier, max_new_tokens, threads, as_json, frontend, prompt, task, audio) -> None:
+def transcribe(
+    bundle, tier, max_new_tokens, threads, as_json, frontend, prompt, task, kv_cache, audio
+) -> None:
     """Transcribe AUDIO files (wav/flac, any rate, stereo downmixed) with onnxruntime alone."""
     from .runtime.bundle import bundle_graph_names
     from .runtime.cpu import current_cpu
@@ -279,7 +288,7 @@ def transcribe(bundle, tier, max_new_tokens, threads, as_json, frontend, prompt,
             click.echo(f"warning: {warning}", err=True)
         _transcribe_ctc(bundle, tier, threads, as_json, frontend, prompt, task, audio)
         return
-    pipeline = SpeechPipeline(bundle, tier=tier, threads=threads, frontend=frontend)
+    pipeline = SpeechPipeline(bundle, tier=tier, threads=threads, frontend=frontend, kv_cache=kv_cache)
     if warning:
         click.echo(f"warning: {warning}", err=True)
     if prompt is not None and task != "asr":

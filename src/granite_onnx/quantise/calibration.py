@@ -140,7 +140,10 @@ def collect(
 
 def _with_graph(bundle: Path, graph: str, threads: int | None, work):
     """``work(pipe)`` with only ``graph``'s session open (weights memory-mapped), closed afterwards."""
-    pipe = SpeechPipeline(bundle, threads=threads, prepack=False, graphs=(graph,))
+    # The concatenating cache: the feeds recorded are those of the file's own decode_step.
+    pipe = SpeechPipeline(
+        bundle, threads=threads, prepack=False, graphs=(graph,), kv_cache="concat", decode_batch=None
+    )
     try:
         return work(pipe)
     finally:

@@ -370,7 +370,10 @@ def quantise_model(
         elif init.name in tables:
             table = numpy_helper.to_array(init, str(base))
             q8, scale8 = weight_only.quantise_weight(table, tables[init.name])
-            new_inits += weight_only.int8_initializers(init.name, q8, scale8)
+            if tables[init.name] == 0:
+                new_inits += weight_only.int8_table_initializers(init.name, q8, scale8)
+            else:
+                new_inits += weight_only.int8_initializers(init.name, q8, scale8)
         else:
             keep.append(init)
     dq = [
@@ -385,15 +388,20 @@ def quantise_model(
         )
         for name in targets
     ]
-    dq += [weight_only.dequantize_node(name, axis, "int4w") for name, axis in tables.items()]
+    rows = {name for name, axis in tables.items() if axis == 0}  # embedding tables: gathered, then scaled
+    dq += [
+        weight_only.dequantize_node(name, axis, "int4w") for name, axis in tables.items() if name not in rows
+    ]
     counts: Counter[str] = Counter()
     for node in graph.node:
         for i, name in enumerate(node.input):
             if name in targets or name in tables:
-                node.input[i] = name + "_dequantized"
+                if name not in rows:
+                    node.input[i] = name + "_dequantized"
                 counts[node.op_type] += 1
     del graph.initializer[:]
     graph.initializer.extend(keep + new_inits)
+    weight_only.replace_table_gathers(graph, rows, "int4w")
     for node in reversed(dq):
         graph.node.insert(0, node)
     for opset in model.opset_import:

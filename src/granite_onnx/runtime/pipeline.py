@@ -2,7 +2,9 @@
 
 encoder(features) -> audio embeddings; prompt_encode(prompt ids with one audio token per
 embedding) -> first logits + KV; then decode_step once per token until an end-of-sequence id or
-the token budget. The KV cache is carried as plain arrays named by the graph specs.
+the token budget. By default decode_step runs with a fixed-capacity cache written in place
+(:mod:`.kv_cache`); ``kv_cache="concat"`` runs the file as it is, the cache carried as plain arrays
+named by the graph specs.
 """
 
 from __future__ import annotations
@@ -20,10 +22,15 @@ from .audio import load_audio
 from .bundle import Bundle, graph_file
 from .features import audio_token_count, log_mel, min_audio_samples
 from .frontend import FRONTENDS, bundle_frontend
+from .kv_cache import CACHE_POSITION, StaticDecoder, static_cache_graph
+from .lean import batch_specialised, fold_shapes
 from .prompt import PromptBuilder
 from .sessions import SharedWeights, open_session
 
 DEFAULT_MAX_NEW_TOKENS = 200
+# "static": decode_step rewritten at load to write into preallocated buffers (no per-step copy of the
+# past); "concat": the exported graph as it is, each step's present a new, longer array.
+KV_CACHES = ("static", "concat")
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,9 @@ class SpeechPipeline:
         share_weights: bool = True,
         graphs: Sequence[str] | None = None,
         frontend: str = "numpy",
+        kv_cache: str = "static",
+        decode_batch: int | None = 1,
+        profile_prefix: str | None = None,
     ):
         """``prepack=False`` keeps weights memory-mapped (no per-session copy): for tools that hold a
         pipeline beside other large work, such as calibration before quantising a 2B model.
@@ -83,9 +93,17 @@ class SpeechPipeline:
         sessions (:class:`SharedWeights`); no effect on a bundle with one sidecar per graph.
         ``graphs``: open only these sessions (a tool that runs one graph at a time holds one in memory).
         ``frontend``: "numpy" computes the features with :mod:`.features`, "onnx" runs the bundle's
-        ``frontend.onnx`` (what a consumer outside Python runs); both give the same features."""
+        ``frontend.onnx`` (what a consumer outside Python runs); both give the same features.
+        ``kv_cache``: see KV_CACHES. ``decode_batch``: fix decode_step's batch at load; 1 (the default) is
+        what :meth:`generate` steps, and onnxruntime then folds the batch arithmetic; None keeps it dynamic,
+        for callers that step batches by hand.
+        ``profile_prefix``: run every session under onnxruntime's profiler (see sessions.session_options)."""
         if frontend not in FRONTENDS:  # before the bundle is opened: a typo fails first
             raise BundleError(f"unknown front-end {frontend!r}; choose from {', '.join(FRONTENDS)}")
+        if kv_cache not in KV_CACHES:
+            raise BundleError(f"unknown KV cache {kv_cache!r}; choose from {', '.join(KV_CACHES)}")
+        self.kv_cache = kv_cache
+        self.decode_batch = decode_batch
         self.bundle = Bundle.open(folder, tier)
         self.frontend = bundle_frontend(self.bundle, frontend, threads)
         self.prompts = PromptBuilder(self.bundle.folder)
@@ -98,8 +116,23 @@ class SpeechPipeline:
             # Pre-packing would give each session its own packed copy of the shared weights (measured at
             # full size: 14 GiB of anonymous memory for the 7 GiB LLM), so a session reading them does not.
             self.sessions[name] = open_session(
-                self.bundle.path(name), threads, opt_level, prepack and not shared, weight_only, shared
+                self.bundle.path(name),
+                threads,
+                opt_level,
+                prepack and not shared,
+                weight_only,
+                shared,
+                self._decode_rewrite if name == DECODE_STEP else None,
+                profile_prefix,
             )
+
+    def _decode_rewrite(self, model):
+        """What decode_step is made into at load (None-equivalent when both options are off)."""
+        if self.kv_cache == "static":
+            model = static_cache_graph(model, self.bundle.dims.num_layers)
+        if self.decode_batch is not None:
+            model = fold_shapes(batch_specialised(model, self.decode_batch))
+        return model
 
     # --- one call per graph -------------------------------------------------------------
     def features(self, audio: np.ndarray) -> tuple[np.ndarray, int]:
@@ -120,8 +153,23 @@ class SpeechPipeline:
         return logits, kv
 
     def step(self, token: np.ndarray, kv: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """One decode step; ``token`` is [batch, 1], ``kv`` the previous presents in spec order."""
-        logits, *present = self.sessions[DECODE_STEP].run(None, self.step_feeds(token, kv))
+        """One decode step; ``token`` is [batch, 1], ``kv`` the previous presents in spec order.
+
+        With the static cache this runs the rewritten graph on a cache one position longer than ``kv``
+        (the copy :meth:`generate` avoids), so a caller stepping by hand gets what generate computes."""
+        if self.decode_batch is not None and token.shape[0] != self.decode_batch:
+            raise BundleError(
+                f"this pipeline's decode_step was fixed to a batch of {self.decode_batch} at load; open it "
+                f"with decode_batch=None to step a batch of {token.shape[0]}"
+            )
+        feeds = self.step_feeds(token, kv)
+        if self.kv_cache == "static":
+            past = kv[0].shape[2]
+            for name, value in feeds.items():
+                if name.startswith("past_key_values."):
+                    feeds[name] = np.concatenate([value, np.zeros_like(value[:, :, :1])], axis=2)
+            feeds[CACHE_POSITION] = np.array([past], np.int64)
+        logits, *present = self.sessions[DECODE_STEP].run(None, feeds)
         return logits, present
 
     # --- feeds (also what the quantise stage calibrates on) --------------------------------
@@ -156,6 +204,12 @@ class SpeechPipeline:
         eos = set(self.bundle.eos_token_ids)
         tokens, margins = [], []
         logits, kv = self.prompt(input_ids, audio_embeds)
+        decoder = None
+        if self.kv_cache == "static":
+            decoder = StaticDecoder(
+                self.sessions[DECODE_STEP], self.bundle.dims.num_layers, self.bundle.dims.vocab
+            )
+            decoder.start(kv, input_ids.shape[1] + max_new_tokens)
         for _ in range(max_new_tokens):
             token = int(np.argmax(logits[0]))
             margins.append(top2_margin(logits[0]))
@@ -164,7 +218,11 @@ class SpeechPipeline:
             tokens.append(token)
             if len(tokens) == max_new_tokens:
                 break
-            logits, kv = self.step(np.asarray([[token]], np.int64), kv)
+            step = np.asarray([[token]], np.int64)
+            if decoder is None:
+                logits, kv = self.step(step, kv)
+            else:
+                logits = decoder.step(step)
         return GreedyResult(tuple(tokens), tuple(margins), False)
 
     def transcribe_array(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,13 +38,21 @@ OPT_LEVELS = {
 
 
 def session_options(
-    threads: int | None = None, opt_level: str = "all", prepack: bool = True, weight_only: str = "default"
+    threads: int | None = None,
+    opt_level: str = "all",
+    prepack: bool = True,
+    weight_only: str = "default",
+    profile_prefix: str | None = None,
 ) -> ort.SessionOptions:
     """Session options; ``prepack=False`` keeps MatMul weights memory-mapped from the sidecar instead of
     copying them (measured: no extra anonymous memory), which matters when a 9 GB PyTorch model is
     resident beside the session, as in the export gate; such a session also skips the fusions in
-    UNPACKED_DISABLED_OPTIMIZERS. ``weight_only``: see WEIGHT_ONLY_ACCURACY."""
+    UNPACKED_DISABLED_OPTIMIZERS. ``weight_only``: see WEIGHT_ONLY_ACCURACY. ``profile_prefix``: turn on
+    onnxruntime's profiler, its JSON written under that prefix (``session.end_profiling()`` names it)."""
     options = ort.SessionOptions()
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     level = WEIGHT_ONLY_ACCURACY[weight_only]
     if level is not None:
         options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", level)
@@ -109,19 +117,33 @@ def open_session(
     prepack: bool = True,
     weight_only: str = "default",
     initializers: Initializers = (),
+    rewrite: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None,
+    profile_prefix: str | None = None,
 ) -> ort.InferenceSession:
     """Open one graph; a missing or corrupt file becomes a one-line :class:`BundleError`.
 
     ``initializers`` replace the graph's own copies of those weights (see :class:`SharedWeights`).
+    ``rewrite`` edits the graph before onnxruntime sees it (the weights stay in the sidecar, read from
+    the file's folder): how the runtime's static cache and batch-1 decode are made (:mod:`.kv_cache`).
     """
     path = Path(path)
     if not path.is_file():
         raise BundleError(f"{path} is missing: run `granite-onnx export` to create the bundle")
-    options = session_options(threads, opt_level, prepack, weight_only)
+    options = session_options(threads, opt_level, prepack, weight_only, profile_prefix)
     for name, value in initializers:
         options.add_initializer(name, value)
+    model: str | bytes = str(path)
+    if rewrite is not None:
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # a corrupt file: the same one-line error as onnxruntime's below
+            raise BundleError(f"{path} could not be read ({type(exc).__name__}); re-run the export") from exc
+        model = rewrite(proto).SerializeToString()
+        options.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path", str(path.parent)
+        )
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise BundleError(f"{path} could not be loaded by onnxruntime ({reason}); re-run the export") from exc
