@@ -85,6 +85,36 @@ class Runner:
         return step
 
 
+# Each session has its own intra-op thread pool, whose threads spin for a while after a run. Stepping
+# another session at once puts both pools on the 2 cores: measured at full size, two int4w sessions
+# alternating back to back took 71-73 ms a step where one alone takes 52. A pause before each step (not
+# timed) lets the last session's threads go to sleep.
+SETTLE_S = 0.05
+
+
+def read_bytes(bundle: Path, tier: str | None) -> int:
+    """Weight bytes one decode step reads: every external tensor of decode_step, except tables that only
+    ``Gather`` reads (a step reads one row of those: the embedding, int8 rows in int8w and int4w)."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    from granite_onnx.runtime.bundle import resolve_graphs
+    from granite_onnx.sidecar import graph_tensors
+
+    model = onnx.load(str(resolve_graphs(bundle, tier)[0]["decode_step"]), load_external_data=False)
+    readers: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            readers.setdefault(name, set()).add(
+                "gather-data" if node.op_type == "Gather" and i == 0 else "other"
+            )
+    return sum(
+        ExternalDataInfo(t).length or 0
+        for t in graph_tensors(model.graph)
+        if uses_external_data(t) and readers.get(t.name, set()) != {"gather-data"}
+    )
+
+
 def random_cache(dims, past: int) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     shape = (1, dims.kv_heads, past, dims.head_dim)
@@ -96,6 +126,7 @@ def timed(steps: dict[tuple[str, int], object], rounds: int) -> dict[tuple[str, 
     times: dict[tuple[str, int], list[float]] = {key: [] for key in steps}
     for round_ in range(rounds + 3):
         for key, step in steps.items():
+            time.sleep(SETTLE_S)
             start = time.perf_counter()
             step()
             if round_ >= 3:  # warm-up rounds not counted
@@ -136,10 +167,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument(
+        "--bound", action="store_true", help="Measure copy bandwidth: each tier's step bound."
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     tiers = {name: None if name == "fp32" else name for name in args.tiers}
+    bound = {}
+    if args.bound:  # before the sessions hold their memory
+        from scale import copy_bandwidth
+
+        bandwidth = copy_bandwidth(args.threads)
+        for t, tier in tiers.items():
+            size = read_bytes(args.bundle, tier)
+            bound[t] = {"read_bytes": size, "bound_ms": size / (2 * bandwidth) * 1e3}  # copy = read + write
+        bound["copy_gb_per_s"] = bandwidth / 1e9
     names = [f"{t} {v}" for t in tiers for v in args.variants]
     runners = {
         f"{t} {v}": Runner(args.bundle, tier, v, args.threads)
@@ -155,6 +198,7 @@ def main() -> None:
         "budget": args.budget,
         "steps": args.steps,
         "ms_per_step": {},
+        "bound": bound,
     }
     caches = {past: random_cache(dims, past) for past in args.past}
     steps = {(n, past): runners[n].at(caches[past], args.budget) for past in args.past for n in names}
@@ -181,6 +225,13 @@ def main() -> None:
         # unprofiled median step less the kernel time the profiler saw.
         for n, prof in result["profile"].items():
             prof["outside_ms"] = result["ms_per_step"][first][n] - prof["kernel_ms"]
+    for t in bound if bound else ():
+        if t in tiers:
+            bound[t]["x_bound"] = {
+                n: result["ms_per_step"][first][n] / bound[t]["bound_ms"]
+                for n in names
+                if n.startswith(f"{t} ")
+            }
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n{args.threads} threads, {result['machine']['cpu']}; speed-up against {base}")
@@ -191,6 +242,12 @@ def main() -> None:
             prof = result["profile"][n]
             line += f"  {prof['kernels']} kernels, {prof['outside_ms']:.2f} ms outside kernels"
         print(line)
+    for t, b in bound.items():
+        if isinstance(b, dict):
+            print(
+                f"  {t}: reads {b['read_bytes'] / 1e9:.2f} GB a step, bound {b['bound_ms']:.1f} ms: "
+                + ", ".join(f"{n} {x:.2f}x" for n, x in b["x_bound"].items())
+            )
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from decode_cache import SETTLE_S  # noqa: E402
 from quantise_full import machine_facts  # noqa: E402
 
 
@@ -51,7 +52,13 @@ def main() -> None:
         parser.error("give either --clip or --past")
     graphs = ("decode_step",) if args.past else None
     tiers = available_tiers(args.bundle)  # None is FP32, first
-    pipes = {t or "fp32": SpeechPipeline(args.bundle, t, threads=args.threads, graphs=graphs) for t in tiers}
+    # The files' own decode_step (concatenating cache, dynamic batch): the steps are fed its inputs.
+    pipes = {
+        t or "fp32": SpeechPipeline(
+            args.bundle, t, threads=args.threads, graphs=graphs, kv_cache="concat", decode_batch=None
+        )
+        for t in tiers
+    }
     fp32 = pipes["fp32"]
     tokens: dict[str, list[int] | None] = dict.fromkeys(pipes)
     if args.past:
@@ -74,6 +81,7 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in pipes}
     for _ in range(args.steps + 5):
         for name, pipe in pipes.items():
+            time.sleep(SETTLE_S)  # the other sessions' threads stop spinning first (see decode_cache.py)
             start = time.perf_counter()
             pipe.sessions["decode_step"].run(None, feeds)
             times[name].append(time.perf_counter() - start)

@@ -66,9 +66,10 @@ def onnx_decode(pipe: SpeechPipeline, ids: np.ndarray, embeds: np.ndarray, token
     prompt_s = time.perf_counter() - start
     generated, token = [], int(logits[0].argmax())
     start = time.perf_counter()
+    decoder = pipe.start_decode(kv, ids.shape[1] + tokens)
     for _ in range(tokens):
         generated.append(token)
-        logits, kv = pipe.step(np.array([[token]], np.int64), kv)
+        logits = decoder.step(np.array([[token]], np.int64))
         token = int(logits[0].argmax())
     return prompt_s, (time.perf_counter() - start) / tokens * 1e3, generated
 

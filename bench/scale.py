@@ -87,10 +87,11 @@ def onnx_run(args: argparse.Namespace) -> dict:
         logits, kv = pipe.prompt(ids, embeds)
         t2 = time.perf_counter()
         token, generated, steps = int(logits[0].argmax()), [], []
+        decoder = pipe.start_decode(kv, ids.shape[1] + tokens)  # the runtime's default: the static cache
         for _ in range(tokens):
             generated.append(token)
             s = time.perf_counter()
-            logits, kv = pipe.step(np.array([[token]], np.int64), kv)
+            logits = decoder.step(np.array([[token]], np.int64))
             steps.append(time.perf_counter() - s)
             token = int(logits[0].argmax())
         return {

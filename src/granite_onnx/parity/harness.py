@@ -25,7 +25,7 @@ from ..runtime.audio import load_audio
 from ..runtime.bundle import available_tiers, bundle_graph_names
 from ..runtime.cpu import current_cpu
 from ..runtime.features import audio_token_count, log_mel
-from ..runtime.pipeline import SpeechPipeline
+from ..runtime.pipeline import SpeechPipeline, decode_form
 from ..runtime.saturation import tier_verdict
 from ..specs import CTC
 from ..userfiles import is_file, shown_path
@@ -428,4 +428,5 @@ def run_parity(
         ungated=tuple(t for t in options.ungated if t in tiers),
         cpu=current_cpu().to_json(),
         kernel_saturation={t: tier_verdict(Path(bundle), _tier_arg(t)) for t in tiers if t != FP32},
+        decode=decode_form(),  # the harness's pipelines keep SpeechPipeline's defaults
     )

@@ -88,6 +88,8 @@ class ParityReport:
     # CPU's kernel saturate (runtime.saturation): where they cannot, the figure holds on every CPU.
     cpu: dict = field(default_factory=dict)
     kernel_saturation: dict = field(default_factory=dict)
+    # How the runtime ran decode_step for these figures (runtime.pipeline.decode_form): its cache and batch.
+    decode: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property

@@ -50,6 +50,17 @@ class Transcript:
     seconds: float
 
 
+def decode_form(kv_cache: str = "static", decode_batch: int | None = 1) -> dict:
+    """What a :class:`SpeechPipeline` with these options makes of decode_step at load (recorded beside the
+    parity figures it produced): the static cache's rewrite, and the batch fixed with shapes folded."""
+    return {
+        "kv_cache": kv_cache,
+        "batch": decode_batch if decode_batch is not None else "dynamic",
+        "shapes_folded": decode_batch is not None,
+        "source": "granite_onnx.runtime.kv_cache / granite_onnx.runtime.lean, applied at load",
+    }
+
+
 def step_feeds(num_layers: int, token: np.ndarray, kv: list[np.ndarray]) -> dict[str, np.ndarray]:
     """decode_step's feeds: ``token`` [batch, 1] after a cache ``kv`` (the presents, in spec order)."""
     batch, past = token.shape[0], kv[0].shape[2]
@@ -66,6 +77,18 @@ def step_feeds(num_layers: int, token: np.ndarray, kv: list[np.ndarray]) -> dict
 def top2_margin(logits: np.ndarray) -> float:
     top = np.partition(logits.ravel(), -2)[-2:]
     return float(top[1] - top[0])
+
+
+class ConcatDecoder:
+    """The exported decode_step as it is: each step's presents become the next step's past."""
+
+    def __init__(self, pipeline: SpeechPipeline, kv: list[np.ndarray]):
+        self.pipeline = pipeline
+        self.kv = kv
+
+    def step(self, token: np.ndarray) -> np.ndarray:
+        logits, self.kv = self.pipeline.step(token, self.kv)
+        return logits
 
 
 class SpeechPipeline:
@@ -172,6 +195,17 @@ class SpeechPipeline:
         logits, *present = self.sessions[DECODE_STEP].run(None, feeds)
         return logits, present
 
+    def start_decode(self, kv: list[np.ndarray], capacity: int) -> StaticDecoder | ConcatDecoder:
+        """A decoder over the prompt's cache ``kv``: ``.step(token)`` -> logits, one position each call, up
+        to ``capacity`` positions in all (the static cache's size; the concatenating one grows as it goes).
+        """
+        if self.kv_cache == "concat":
+            return ConcatDecoder(self, kv)
+        dims = self.bundle.dims
+        decoder = StaticDecoder(self.sessions[DECODE_STEP], dims.num_layers, dims.vocab)
+        decoder.start(kv, capacity)
+        return decoder
+
     # --- feeds (also what the quantise stage calibrates on) --------------------------------
     @staticmethod
     def prompt_feeds(input_ids: np.ndarray, audio_embeds: np.ndarray) -> dict[str, np.ndarray]:
@@ -204,12 +238,7 @@ class SpeechPipeline:
         eos = set(self.bundle.eos_token_ids)
         tokens, margins = [], []
         logits, kv = self.prompt(input_ids, audio_embeds)
-        decoder = None
-        if self.kv_cache == "static":
-            decoder = StaticDecoder(
-                self.sessions[DECODE_STEP], self.bundle.dims.num_layers, self.bundle.dims.vocab
-            )
-            decoder.start(kv, input_ids.shape[1] + max_new_tokens)
+        decoder = self.start_decode(kv, input_ids.shape[1] + max_new_tokens)
         for _ in range(max_new_tokens):
             token = int(np.argmax(logits[0]))
             margins.append(top2_margin(logits[0]))
@@ -218,11 +247,7 @@ class SpeechPipeline:
             tokens.append(token)
             if len(tokens) == max_new_tokens:
                 break
-            step = np.asarray([[token]], np.int64)
-            if decoder is None:
-                logits, kv = self.step(step, kv)
-            else:
-                logits = decoder.step(step)
+            logits = decoder.step(np.asarray([[token]], np.int64))
         return GreedyResult(tuple(tokens), tuple(margins), False)
 
     def transcribe_array(
