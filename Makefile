@@ -44,7 +44,7 @@ endif
 endif
 TIERS ?= int8 int8w int8s fp16
 
-.PHONY: bench-int4 all setup node-setup node-check export quantise verify parity metadata transcribe bundle publish regenerate expected test lint bench bench-frontend bench-runtime bench-export-full bench-quantise-full bench-tiers bench-profile bench-int8 bench-runtime-versions emulated-avx2 fixture-train sensitivity clean
+.PHONY: bench-decode bench-int4 all setup node-setup node-check export quantise verify parity metadata transcribe bundle publish regenerate expected test lint bench bench-frontend bench-runtime bench-export-full bench-quantise-full bench-tiers bench-profile bench-int8 bench-runtime-versions emulated-avx2 fixture-train sensitivity clean
 
 all: export quantise parity metadata transcribe
 
@@ -176,6 +176,17 @@ bench-int4: setup
 		--json bench/results/int4_blocks_trained.json
 	$(PY) bench/int4_speed.py --bundle /tmp/granite-full/bundle --json bench/results/int4_speed_full.json
 	$(PY) bench/int4_emulated.py --bundle out/trained --json bench/results/int4w_emulated_avx2_trained.json
+
+# Full-size decode_step: the file as exported against the runtime's static cache with batch 1 and folded shapes,
+# FP32 and int4w, at 256 and 1024 past, with the kernels and time between them (/tmp/granite-full/bundle with an
+# int4w tier: bench-export-full, then quantise --tier int4w). About 10 min.
+bench-decode: setup
+	$(PY) bench/decode_cache.py --bundle /tmp/granite-full/bundle --tiers fp32 int4w --variants static-b1 \
+		--bound --json bench/results/decode_cache_full_fp32_int4w.json
+	$(PY) bench/decode_cache.py --bundle /tmp/granite-full/bundle --tiers fp32 --variants concat static-b1 \
+		--steps 20 --json bench/results/decode_cache_full_fp32.json
+	$(PY) bench/decode_cache.py --bundle /tmp/granite-full/bundle --tiers int4w --variants concat static-b1 \
+		--json bench/results/decode_cache_full_int4w.json
 
 # Per-operator time of one full-size graph at 2 threads, beside PyTorch's encoder (GRAPH=decode_step, ...).
 GRAPH ?= encoder

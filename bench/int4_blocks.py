@@ -14,6 +14,7 @@ RTN decode_step against FP32, interleaved in one process, and sizes the graphs. 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import sys
@@ -63,17 +64,18 @@ def quality(args) -> dict:
     for method in args.methods:
         for block in args.blocks:
             for symmetric in args.grids:
-                for eight_bit, encoder in variants:
+                for (eight_bit, encoder), table_bits in itertools.product(variants, args.table_bits):
                     name = candidate_name(method, block, symmetric)
                     name += "-8bit" if eight_bit else ""
                     name += "-fp32enc" if encoder == "fp32" else ""
+                    name += f"-rows{table_bits}" if len(args.table_bits) > 1 else ""
                     graphs = base.graphs if encoder == "int8w" else ("prompt_encode", "decode_step")
                     tier = replace(
                         base,
                         name=name,
                         graphs=graphs,
                         needs_clips=method == "gptq",
-                        write_graph=int4.writer(method, block, symmetric, eight_bit),
+                        write_graph=int4.writer(method, block, symmetric, eight_bit, table_bits),
                     )
                     start = time.perf_counter()
                     report = quantise_bundle(bundle, tier, QuantiseOptions(clips=Path(args.calibration)))
@@ -84,6 +86,7 @@ def quality(args) -> dict:
                         "grid": "symmetric" if symmetric else "asymmetric",
                         "eight_bit": list(eight_bit),
                         "encoder": encoder,
+                        "table_bits": table_bits,
                         "seconds_to_write": round(time.perf_counter() - start, 1),
                         "llm_bytes": sum(g.bytes_after for g in report.graphs if g.graph != "encoder"),
                         "sensitive_layers": sensitive,
@@ -122,6 +125,9 @@ def main() -> None:
         "--eight-bit", nargs="*", default=[], help="variants with these MatMul node patterns at 8 bits"
     )
     parser.add_argument("--fp32-encoder", action="store_true", help="variants with the encoder left FP32")
+    parser.add_argument(
+        "--table-bits", nargs="+", type=int, default=[8], help="embedding rows at these widths (8, 4)"
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     args.grids = [g == "sym" for g in args.grids]

@@ -228,3 +228,56 @@ def test_int4_storage_is_packed_two_per_byte():
         np.arange(-8, 8, dtype=np.int8).reshape(4, 4).astype(ml_dtypes.int4), "q"
     )
     assert len(tensor.raw_data) == 8
+
+
+# --- embedding rows ------------------------------------------------------------------------------------
+
+
+def _one_table(path: Path, rows: int = 50, width: int = 64) -> np.ndarray:
+    """A FP32 graph Gather(table, ids [b, s]) -> [b, s, width], the table in a sidecar."""
+    table = RNG.standard_normal((rows, width)).astype(np.float32)
+    table[7] = 0.0  # an all-zero row keeps scale 1 and levels 0
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["rows"], name="/embed_tokens/Gather")],
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "s"])],
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["b", "s", width])],
+        initializer=[numpy_helper.from_array(table, "table")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    onnx.save(model, str(path), save_as_external_data=True, location=path.name + "_data", size_threshold=0)
+    return table
+
+
+@pytest.mark.parametrize("table_bits", [8, 4])
+def test_embedding_rows_are_gathered_before_they_are_scaled(tmp_path: Path, table_bits: int):
+    """The table is never dequantised whole: the Gather reads int8 (or packed int4) rows and only those are
+    scaled. The graph's rows equal the formula's bit for bit, and the 4-bit rows are RTN's levels."""
+    src = tmp_path / "decode_step.onnx"
+    table = _one_table(src)
+    model = onnx.load(str(src), load_external_data=False)
+    counts, _ = int4.quantise_model(model, tmp_path, set(), 32, table_bits=table_bits)
+    assert counts == {"Gather": 1}
+    assert "DequantizeLinear" not in {n.op_type for n in model.graph.node}
+    assert all(n.domain == "" for n in model.graph.node)
+    out = tmp_path / "decode_step_int4w.onnx"
+    onnx.save(model, str(out))
+    onnx.checker.check_model(str(out), full_check=True)
+    ids = np.array([[3, 7, 49], [0, 3, 12]], np.int64)
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    suffix = int4.SUFFIX if table_bits == 4 else "_int8w"
+    q, scale = inits["table" + suffix], inits["table" + suffix + "_scale"]
+    if table_bits == 8:
+        want = q.astype(np.float32) * scale[:, None]
+        bound = scale[:, None] / 2
+    else:
+        assert q.dtype == np.uint8 and q.shape == (50, 32) and scale.shape == (50, 2)
+        want = int4.unpack_rows4(q, scale, 32)
+        levels, grid = int4.rtn(table.T.astype(np.float64), 32)
+        np.testing.assert_array_equal(want, int4.dequantise(levels, grid, 32).T.astype(np.float32))
+        bound = np.repeat(scale, 32, axis=1) / 2
+    np.testing.assert_array_equal(got, want[ids])
+    assert (np.abs(want - table) <= bound + 1e-6).all()
+    assert not want[7].any()

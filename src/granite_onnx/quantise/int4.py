@@ -58,6 +58,8 @@ LLM_GRAPHS = ("prompt_encode", "decode_step")
 # bits the held-out WER vs PyTorch was 1.5-1.75 %, at 8 bits 0.25-0.5 %; the encoder at FP32 or int8w made
 # no difference).
 EIGHT_BIT: tuple[str, ...] = ("/lm_head/MatMul",)
+# Embedding rows at 8 bits (int8 per row) until bench/int4_blocks.py --table-bits 4 says otherwise.
+TABLE_BITS = 8
 GRAM_ROWS = 16  # rows per elementwise outer-product chunk in gram(): memory is GRAM_ROWS * K * K doubles
 
 
@@ -318,6 +320,79 @@ def pooled_grams(job: GraphJob, block: int) -> dict[str, np.ndarray]:
 _POOLED: list = []  # [key, calibration set, grams] of the last pooled_grams call
 
 
+def table_rows4(table: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """An embedding table [V, H] at 4 bits per value for :func:`gather_rows4`: symmetric int4 levels in blocks
+    of ``block`` along each row (``scale = max|block| / 7``), stored as bytes [V, H / 2] holding ``q + 8``,
+    the even column in the low nibble; and the float32 scales [V, H / block]."""
+    rows, width = table.shape
+    q, grid = rtn(table.T.astype(np.float64), block)  # RTN blocks run along axis 0: the table's rows
+    levels = (q.T.astype(np.int16) + 8).astype(np.uint8)  # [V, H] in 0..15
+    packed = levels[:, 0::2] | (levels[:, 1::2] << 4)
+    return packed.astype(np.uint8), np.ascontiguousarray(grid.scale.T, dtype=np.float32)
+
+
+def unpack_rows4(packed: np.ndarray, scale: np.ndarray, block: int) -> np.ndarray:
+    """What :func:`gather_rows4`'s nodes compute for the gathered rows (numpy, for the tests)."""
+    levels = np.stack([packed & 15, packed >> 4], axis=-1).reshape(*packed.shape[:-1], -1)
+    values = levels.astype(np.float32) - 8
+    blocks = values.reshape(*values.shape[:-1], -1, block) * scale[..., None]
+    return blocks.reshape(values.shape)
+
+
+def gather_rows4(node: onnx.NodeProto, block: int) -> list[onnx.NodeProto]:
+    """The nodes replacing ``Gather(table, ids)`` once ``table`` is packed by :func:`table_rows4`: gather the
+    bytes and the scales of the rows asked for, split each byte into its two levels (``BitwiseAnd``,
+    ``BitShift``), and scale them. Only the rows read are unpacked; every op is ai.onnx (opset 18 or less)."""
+    table, ids = node.input[0], node.input[1]
+    b = f"/int4w/{node.name or table}/"
+    t = table + SUFFIX
+    return [
+        helper.make_node("Gather", [t, ids], [b + "bytes"], axis=0, name=b + "GatherRows"),
+        helper.make_node("BitwiseAnd", [b + "bytes", ROW_CONSTS["low"]], [b + "low"], name=b + "Low"),
+        helper.make_node(
+            "BitShift", [b + "bytes", ROW_CONSTS["shift"]], [b + "high"], direction="RIGHT", name=b + "High"
+        ),
+        helper.make_node("Unsqueeze", [b + "low", ROW_CONSTS["last"]], [b + "low1"], name=b + "Unsqueeze0"),
+        helper.make_node("Unsqueeze", [b + "high", ROW_CONSTS["last"]], [b + "high1"], name=b + "Unsqueeze1"),
+        helper.make_node("Concat", [b + "low1", b + "high1"], [b + "pairs"], axis=-1, name=b + "Pairs"),
+        helper.make_node("Cast", [b + "pairs"], [b + "pairs_f"], to=onnx.TensorProto.FLOAT, name=b + "Cast"),
+        helper.make_node("Sub", [b + "pairs_f", ROW_CONSTS["eight"]], [b + "levels"], name=b + "Centre"),
+        helper.make_node("Shape", [ids], [b + "ids_shape"], name=b + "IdsShape"),
+        helper.make_node(
+            "Concat",
+            [b + "ids_shape", ROW_CONSTS["blocks"]],
+            [b + "block_shape"],
+            axis=0,
+            name=b + "BlockShape",
+        ),
+        helper.make_node("Reshape", [b + "levels", b + "block_shape"], [b + "blocked"], name=b + "Blocks"),
+        helper.make_node("Gather", [t + "_scale", ids], [b + "scales"], axis=0, name=b + "GatherScales"),
+        helper.make_node(
+            "Unsqueeze", [b + "scales", ROW_CONSTS["last"]], [b + "scales1"], name=b + "Unsqueeze2"
+        ),
+        helper.make_node("Mul", [b + "blocked", b + "scales1"], [b + "scaled"], name=b + "Scale"),
+        helper.make_node(
+            "Concat", [b + "ids_shape", ROW_CONSTS["row"]], [b + "row_shape"], axis=0, name=b + "RowShape"
+        ),
+        helper.make_node("Reshape", [b + "scaled", b + "row_shape"], list(node.output), name=b + "Rows"),
+    ]
+
+
+ROW_CONSTS = {k: f"int4w_rows_{k}" for k in ("low", "shift", "last", "eight", "blocks", "row")}
+
+
+def row_constants(block: int, width: int) -> list[onnx.TensorProto]:
+    """The constants :func:`gather_rows4` reads, for tables of ``width`` columns."""
+    return [
+        numpy_helper.from_array(np.array(15, np.uint8), ROW_CONSTS["low"]),
+        numpy_helper.from_array(np.array(4, np.uint8), ROW_CONSTS["shift"]),
+        numpy_helper.from_array(np.array([-1], np.int64), ROW_CONSTS["last"]),
+        numpy_helper.from_array(np.array(8, np.float32), ROW_CONSTS["eight"]),
+        numpy_helper.from_array(np.array([-1, block], np.int64), ROW_CONSTS["blocks"]),
+        numpy_helper.from_array(np.array([width], np.int64), ROW_CONSTS["row"]),
+    ]
+
+
 def quantise_model(
     model: onnx.ModelProto,
     base: Path,
@@ -326,10 +401,12 @@ def quantise_model(
     grams: dict[str, np.ndarray] | None = None,
     symmetric: bool = True,
     eight_bit: tuple[str, ...] = (),
+    table_bits: int = 8,
 ) -> tuple[dict[str, int], list[Int4Weight]]:
     """Rewrite an LLM graph (loaded without its weights; they live under ``base``) in place: 4-bit MatMul
     weights (GPTQ when ``grams`` is given, else RTN), 8-bit ones for the MatMuls named by ``eight_bit``
-    (shell patterns of node names) and for the embedding rows, opset 21."""
+    (shell patterns of node names), the embedding rows at ``table_bits`` (8: int8 per row, 4:
+    :func:`table_rows4`), opset 21."""
     eight = {
         node.input[1]
         for node in model.graph.node
@@ -344,6 +421,7 @@ def quantise_model(
     graph = model.graph
     keep, new_inits, records = [], [], []
     asymmetric: set[str] = set()
+    widths: set[int] = set()  # the widths of tables packed at 4 bits
     for init in graph.initializer:
         if init.name in targets:
             weight = numpy_helper.to_array(init, str(base)).astype(np.float64)
@@ -367,6 +445,14 @@ def quantise_model(
                 zero = grid.zero_point.astype(ml_dtypes.uint4)
                 new_inits.append(numpy_helper.from_array(zero, init.name + SUFFIX + "_zero_point"))
                 asymmetric.add(init.name)
+        elif init.name in tables and tables[init.name] == 0 and table_bits == 4:
+            table = numpy_helper.to_array(init, str(base))
+            packed, scale4 = table_rows4(table, block)
+            new_inits += [
+                numpy_helper.from_array(packed, init.name + SUFFIX),
+                numpy_helper.from_array(scale4, init.name + SUFFIX + "_scale"),
+            ]
+            widths.add(table.shape[1])
         elif init.name in tables:
             table = numpy_helper.to_array(init, str(base))
             q8, scale8 = weight_only.quantise_weight(table, tables[init.name])
@@ -401,7 +487,20 @@ def quantise_model(
                 counts[node.op_type] += 1
     del graph.initializer[:]
     graph.initializer.extend(keep + new_inits)
-    weight_only.replace_table_gathers(graph, rows, "int4w")
+    if table_bits == 4 and rows:
+        if len(widths) != 1:
+            raise ValueError(
+                f"4-bit tables of several widths {sorted(widths)}: one set of row constants only"
+            )
+        rebuilt = []
+        for node in graph.node:
+            is_table = node.op_type == "Gather" and node.input[0] in rows
+            rebuilt += gather_rows4(node, block) if is_table else [node]
+        del graph.node[:]
+        graph.node.extend(rebuilt)
+        graph.initializer.extend(row_constants(block, widths.pop()))
+    else:
+        weight_only.replace_table_gathers(graph, rows, "int4w")
     for node in reversed(dq):
         graph.node.insert(0, node)
     for opset in model.opset_import:
@@ -417,10 +516,14 @@ def sensitive(records: list[Int4Weight], top: int = 5) -> list[dict]:
 
 
 def writer(
-    method: str, block: int = BLOCK_SIZE, symmetric: bool = True, eight_bit: tuple[str, ...] = EIGHT_BIT
+    method: str,
+    block: int = BLOCK_SIZE,
+    symmetric: bool = True,
+    eight_bit: tuple[str, ...] = EIGHT_BIT,
+    table_bits: int = TABLE_BITS,
 ):
     """The tier's writer for ``method`` ("gptq" or "rtn"): LLM graphs to 4 bits (``eight_bit`` MatMuls to
-    8), the encoder to int8w."""
+    8, embedding rows to ``table_bits``), the encoder to int8w."""
 
     def write_graph(job: GraphJob) -> tuple[dict, dict]:
         if job.graph not in LLM_GRAPHS:
@@ -432,7 +535,7 @@ def writer(
         model = onnx.load(str(job.src), load_external_data=False)
         grams = pooled_grams(job, block) if method == "gptq" else None
         counts, records = quantise_model(
-            model, job.src.parent, set(job.excluded), block, grams, symmetric, eight_bit
+            model, job.src.parent, set(job.excluded), block, grams, symmetric, eight_bit, table_bits
         )
         write_with_sidecar(model, job.src.parent, job.dst)
         error = (
@@ -442,12 +545,14 @@ def writer(
         )
         details = {
             "formula": f"int4 q = clip(rint(W / s), -8, 7), s = max|W| per block of {block} input rows / 7, "
-            f"DequantizeLinear(axis 0, block_size {block}) -> MatMul; embedding rows int8",
+            f"DequantizeLinear(axis 0, block_size {block}) -> MatMul; embedding rows "
+            + (f"int4 in blocks of {block}, gathered then unpacked" if table_bits == 4 else "int8, gathered"),
             "method": "GPTQ (damp 0.01, blocks fixed in order)" if grams else "round to nearest",
             "block_size": block,
             "opset": OPSET,
             "weights": len(records),
             "eight_bit": list(eight_bit),
+            "table_bits": table_bits,
             "error_measure": error,
             "sensitive_layers": sensitive(records),
         }
