@@ -393,7 +393,8 @@ def run_parity(
         raise GraniteOnnxError(f"--reference {options.reference_clip} is not among the clips in {clips_dir}")
     tiers = options.tiers or tuple(tier_label(t) for t in available_tiers(bundle))
     tick = progress or (lambda done, total, what: None)
-    if bundle_graph_names(Path(bundle)) == (CTC,):  # one graph, per-frame labels (see parity/ctc.py)
+    ctc = bundle_graph_names(Path(bundle)) == (CTC,)
+    if ctc:  # one graph, per-frame labels (see parity/ctc.py)
         blocks, multi = run_ctc_parity(
             bundle, checkpoint, clips, ref_clip, tuple(tiers), options.threads, tick
         )
@@ -428,5 +429,5 @@ def run_parity(
         ungated=tuple(t for t in options.ungated if t in tiers),
         cpu=current_cpu().to_json(),
         kernel_saturation={t: tier_verdict(Path(bundle), _tier_arg(t)) for t in tiers if t != FP32},
-        decode=decode_form(),  # the harness's pipelines keep SpeechPipeline's defaults
+        decode={} if ctc else decode_form(),  # the harness's pipelines keep SpeechPipeline's defaults
     )
