@@ -212,3 +212,59 @@ def test_fold_shapes_leaves_no_layer_shape_arithmetic_and_computes_the_same(tiny
     want, got = (s.run(None, feeds) for s in run)
     for a, b in zip(want, got, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_fold_shapes_keeps_each_constant_dtype_and_a_run_time_length():
+    """x [1, n, 8]: a float made from a shape (Cast, Sqrt) stays a float, and a reshape target with the
+    run-time n becomes (1, 0, 2, 4); the outputs equal the unfolded graph's for two lengths."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from granite_onnx.runtime.lean import fold_shapes
+
+    def ints(name, values, scalar=False):
+        return helper.make_tensor(name, TensorProto.INT64, [] if scalar else [len(values)], values)
+
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "two"], ["width"], axis=0),
+        helper.make_node("Cast", ["width"], ["width_f"], to=TensorProto.FLOAT),
+        helper.make_node("Sqrt", ["width_f"], ["root"]),
+        helper.make_node("Div", ["x", "root"], ["scaled"]),
+        helper.make_node("Gather", ["s", "one"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+        helper.make_node("Concat", ["lead", "n1", "tail"], ["target"], axis=0),
+        helper.make_node("Reshape", ["scaled", "target"], ["y"]),
+    ]
+    inits = [
+        ints("two", [2], scalar=True),
+        ints("one", [1], scalar=True),
+        ints("axes", [0]),
+        ints("lead", [1]),
+        ints("tail", [2, 4]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "n", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "n", 2, 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    folded = fold_shapes(model)
+    onnx.checker.check_model(folded)
+    assert "Shape" not in {n.op_type for n in folded.graph.node}
+    made = {
+        i.name: onnx.numpy_helper.to_array(i) for i in folded.graph.initializer if i.name.startswith("lean/")
+    }
+    assert [list(v) for v in made.values() if v.dtype == np.int64] == [[1, 0, 2, 4]]
+    assert [v.dtype for v in made.values() if v.dtype != np.int64] == [np.float32]  # the Cast's float
+    run = [
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        for m in (model, folded)
+    ]
+    for n in (3, 5):
+        x = np.arange(n * 8, dtype=np.float32).reshape(1, n, 8)
+        want, got = (session.run(None, {"x": x})[0] for session in run)
+        np.testing.assert_array_equal(got, want)

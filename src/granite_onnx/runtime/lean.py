@@ -157,7 +157,10 @@ def fold_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    shapes = _static_shapes(out)
+    try:
+        shapes = _static_shapes(out)
+    except Exception:  # an op the symbolic inference does not know: the graph runs unfolded, as exported
+        return model
     consts: dict[str, np.ndarray] = {}
     for init in graph.initializer:
         if init.data_type == onnx.TensorProto.INT64 and not init.external_data and len(init.dims) <= 1:
@@ -169,10 +172,12 @@ def fold_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     new_inits: list[onnx.TensorProto] = []
 
     def constant(name: str, value: np.ndarray) -> str:
+        """An initializer holding ``value`` in its own dtype (a shape is int64; a Cast may have made a
+        float)."""
         new = f"{_PREFIX}{name}"
         if new in consts:  # the same computed value read by another node
             return new
-        value = np.asarray(value, np.int64)
+        value = np.asarray(value)
         new_inits.append(numpy_helper.from_array(value, new))
         consts[new] = value
         return new
@@ -226,7 +231,7 @@ def fold_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
             if inputs[1] in partial and not allowzero:
                 folded = _reshape_target(partial[inputs[1]], shapes.get(inputs[0], ()))
                 if folded is not None:
-                    node.input[1] = constant(node.output[0], folded)
+                    node.input[1] = constant(node.output[0], np.array(folded, np.int64))
             target = node.input[1]
             if target in consts and (consts[target] > 0).all():
                 shapes[node.output[0]] = tuple(int(v) for v in consts[target])
@@ -243,7 +248,7 @@ def fold_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
             shape = shapes.get(inputs[0])
             perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
             if shape and all(isinstance(d, int) for d in shape) and perm and _movable(shape, perm):
-                target = constant(node.output[0], [shape[axis] for axis in perm])
+                target = constant(node.output[0], np.array([shape[axis] for axis in perm], np.int64))
                 source = producer.get(inputs[0])
                 data = source.input[0] if source is not None and source.op_type == "Reshape" else inputs[0]
                 node.CopyFrom(

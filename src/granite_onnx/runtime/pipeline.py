@@ -31,6 +31,8 @@ DEFAULT_MAX_NEW_TOKENS = 200
 # "static": decode_step rewritten at load to write into preallocated buffers (no per-step copy of the
 # past); "concat": the exported graph as it is, each step's present a new, longer array.
 KV_CACHES = ("static", "concat")
+DEFAULT_KV_CACHE = "static"
+DEFAULT_DECODE_BATCH = 1  # what generate steps: one utterance
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class Transcript:
     seconds: float
 
 
-def decode_form(kv_cache: str = "static", decode_batch: int | None = 1) -> dict:
+def decode_form(kv_cache: str = DEFAULT_KV_CACHE, decode_batch: int | None = DEFAULT_DECODE_BATCH) -> dict:
     """What a :class:`SpeechPipeline` with these options makes of decode_step at load (recorded beside the
     parity figures it produced): the static cache's rewrite, and the batch fixed with shapes folded."""
     return {
@@ -105,8 +107,8 @@ class SpeechPipeline:
         share_weights: bool = True,
         graphs: Sequence[str] | None = None,
         frontend: str = "numpy",
-        kv_cache: str = "static",
-        decode_batch: int | None = 1,
+        kv_cache: str = DEFAULT_KV_CACHE,
+        decode_batch: int | None = DEFAULT_DECODE_BATCH,
         profile_prefix: str | None = None,
     ):
         """``prepack=False`` keeps weights memory-mapped (no per-session copy): for tools that hold a
@@ -134,6 +136,8 @@ class SpeechPipeline:
         self.specs = specs
         self.shared = SharedWeights(self.bundle.folder) if share_weights else None
         self.sessions = {}
+        # The file as it is (no rewrite: onnxruntime reads it from its path) unless an option changes it.
+        rewrites = kv_cache == "static" or decode_batch is not None
         for name in graphs or specs:
             shared = self.shared.initializers(self.bundle.path(name)) if self.shared else []
             # Pre-packing would give each session its own packed copy of the shared weights (measured at
@@ -145,12 +149,13 @@ class SpeechPipeline:
                 prepack and not shared,
                 weight_only,
                 shared,
-                self._decode_rewrite if name == DECODE_STEP else None,
+                self._decode_rewrite if name == DECODE_STEP and rewrites else None,
                 profile_prefix,
             )
 
     def _decode_rewrite(self, model):
-        """What decode_step is made into at load (None-equivalent when both options are off)."""
+        """What decode_step is made into at load: the static cache's rewrite, then the batch fixed and the
+        shape arithmetic folded."""
         if self.kv_cache == "static":
             model = static_cache_graph(model, self.bundle.dims.num_layers)
         if self.decode_batch is not None:
