@@ -64,18 +64,23 @@ def quality(args) -> dict:
     for method in args.methods:
         for block in args.blocks:
             for symmetric in args.grids:
-                for (eight_bit, encoder), table_bits in itertools.product(variants, args.table_bits):
+                for (eight_bit, encoder), table_bits, encoder_bits in itertools.product(
+                    variants, args.table_bits, args.encoder_bits
+                ):
                     name = candidate_name(method, block, symmetric)
                     name += "-8bit" if eight_bit else ""
                     name += "-fp32enc" if encoder == "fp32" else ""
                     name += f"-rows{table_bits}" if len(args.table_bits) > 1 else ""
+                    name += f"-enc{encoder_bits}" if len(args.encoder_bits) > 1 else ""
                     graphs = base.graphs if encoder == "int8w" else ("prompt_encode", "decode_step")
                     tier = replace(
                         base,
                         name=name,
                         graphs=graphs,
                         needs_clips=method == "gptq",
-                        write_graph=int4.writer(method, block, symmetric, eight_bit, table_bits),
+                        write_graph=int4.writer(
+                            method, block, symmetric, eight_bit, table_bits, encoder_bits
+                        ),
                     )
                     start = time.perf_counter()
                     report = quantise_bundle(bundle, tier, QuantiseOptions(clips=Path(args.calibration)))
@@ -87,6 +92,7 @@ def quality(args) -> dict:
                         "eight_bit": list(eight_bit),
                         "encoder": encoder,
                         "table_bits": table_bits,
+                        "encoder_bits": encoder_bits,
                         "seconds_to_write": round(time.perf_counter() - start, 1),
                         "llm_bytes": sum(g.bytes_after for g in report.graphs if g.graph != "encoder"),
                         "sensitive_layers": sensitive,
@@ -127,6 +133,9 @@ def main() -> None:
     parser.add_argument("--fp32-encoder", action="store_true", help="variants with the encoder left FP32")
     parser.add_argument(
         "--table-bits", nargs="+", type=int, default=[8], help="embedding rows at these widths (8, 4)"
+    )
+    parser.add_argument(
+        "--encoder-bits", nargs="+", type=int, default=[8], help="the encoder at int8w (8) or int4 RTN (4)"
     )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()

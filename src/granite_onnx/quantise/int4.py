@@ -521,11 +521,18 @@ def writer(
     symmetric: bool = True,
     eight_bit: tuple[str, ...] = EIGHT_BIT,
     table_bits: int = TABLE_BITS,
+    encoder_bits: int = 8,
 ):
     """The tier's writer for ``method`` ("gptq" or "rtn"): LLM graphs to 4 bits (``eight_bit`` MatMuls to
-    8, embedding rows to ``table_bits``), the encoder to int8w."""
+    8, embedding rows to ``table_bits``), the encoder to int8w (``encoder_bits`` 4: to 4 bits by RTN, as
+    measured in bench/int4_blocks.py and not chosen)."""
 
     def write_graph(job: GraphJob) -> tuple[dict, dict]:
+        if job.graph not in LLM_GRAPHS and encoder_bits == 4:
+            model = onnx.load(str(job.src), load_external_data=False)
+            counts, records = quantise_model(model, job.src.parent, set(job.excluded), block)
+            write_with_sidecar(model, job.src.parent, job.dst)
+            return counts, {"precision": f"int4 RTN in blocks of {block}", "weights": len(records)}
         if job.graph not in LLM_GRAPHS:
             counts, details = weight_only.write_graph(job)
             return counts, {
