@@ -840,6 +840,16 @@ def full_transcripts(parity: dict) -> str:
     return "\n\n".join(parts)
 
 
+def delta_text(delta: dict | None) -> str:
+    """``+0.25 % [-0.50, +1.00]``: a tier's WER minus PyTorch's against the references, and its interval."""
+    if not delta:
+        return DASH
+    return (
+        f"{100 * delta['value']:+.2f} % [{100 * delta['low']:+.2f}, {100 * delta['high']:+.2f}] "
+        f"({delta['utterances']} utterances)"
+    )
+
+
 def sets_table(parity: dict) -> str:
     """Per clip set (one per --clips folder): PyTorch against the references, each tier against both."""
     header = [
@@ -847,6 +857,7 @@ def sets_table(parity: dict) -> str:
         "tier",
         "WER vs PyTorch",
         "WER vs reference",
+        "vs reference, minus PyTorch's (95 % bootstrap)",
         "clips diverging",
         "margins at divergence",
     ]
@@ -858,6 +869,7 @@ def sets_table(parity: dict) -> str:
                 "PyTorch",
                 DASH,
                 pct(s["pytorch_wer_vs_reference"]) if s["pytorch_wer_vs_reference"] is not None else DASH,
+                DASH,
                 DASH,
                 f"median margin {s['pytorch_median_margin']}; CER vs reference "
                 + (pct(s["pytorch_cer_vs_reference"]) if s["pytorch_cer_vs_reference"] is not None else DASH),
@@ -871,6 +883,7 @@ def sets_table(parity: dict) -> str:
                     tier,
                     pct(t["wer_vs_pytorch"]) if t["wer_vs_pytorch"] is not None else DASH,
                     pct(t["wer_vs_reference"]) if t["wer_vs_reference"] is not None else DASH,
+                    delta_text(t.get("wer_delta_vs_pytorch")),
                     str(t["divergent_clips"]),
                     margins,
                 ]

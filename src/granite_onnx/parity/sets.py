@@ -11,6 +11,7 @@ import numpy as np
 
 from .metrics import normalise
 from .report import ClipParity
+from .uncertainty import bootstrap_difference
 
 
 def _corpus(pairs: list[tuple[str, str]], measure) -> float | None:
@@ -22,8 +23,9 @@ def _corpus(pairs: list[tuple[str, str]], measure) -> float | None:
 
 
 def set_summary(clips: list[ClipParity], tiers: tuple[str, ...]) -> dict:
-    """Corpus WER/CER of PyTorch against the references, each tier against PyTorch and the references,
-    PyTorch's median top-1/top-2 margin, and the margins where each tier first left PyTorch."""
+    """Corpus WER/CER of PyTorch against the references, each tier against PyTorch and the references (and
+    its difference from PyTorch's with a bootstrap interval, :mod:`.uncertainty`), PyTorch's median
+    top-1/top-2 margin, and the margins where each tier first left PyTorch."""
     margins = [m for c in clips for m in c.pytorch_margins]
     refs = [(c.reference_text, c.pytorch_text) for c in clips]
     summary = {
@@ -38,12 +40,21 @@ def set_summary(clips: list[ClipParity], tiers: tuple[str, ...]) -> dict:
         summary["tiers"][tier] = {
             "wer_vs_pytorch": _corpus([(c.pytorch_text, t.text) for c, t in runs], jiwer.wer),
             "wer_vs_reference": _corpus([(c.reference_text, t.text) for c, t in runs], jiwer.wer),
+            # the tier's WER vs the references minus PyTorch's, paired over utterances, with its interval
+            "wer_delta_vs_pytorch": _delta(runs),
             "divergent_clips": sum(1 for _, t in runs if t.first_divergent_step is not None),
             "margins_at_divergence": [
                 t.margin_at_divergence for _, t in runs if t.margin_at_divergence is not None
             ],
         }
     return summary
+
+
+def _delta(runs: list) -> dict | None:
+    interval = bootstrap_difference(
+        [c.reference_text for c, _ in runs], [t.text for _, t in runs], [c.pytorch_text for c, _ in runs]
+    )
+    return interval.to_json() if interval else None
 
 
 def set_summaries(clips: tuple[ClipParity, ...], tiers: tuple[str, ...]) -> dict[str, dict]:
