@@ -84,3 +84,31 @@ def test_the_parity_report_and_card_carry_the_interval(measured_bundle):
         assert delta["utterances"] == summary["clips"]
     card = (measured_bundle / "README.md").read_text()
     assert "vs reference, minus PyTorch's (95 % bootstrap)" in card
+
+
+def test_a_gate_holds_the_intervals_upper_end():
+    from types import SimpleNamespace as NS
+
+    from granite_onnx.parity.harness import gates
+
+    def clips(tier_texts):
+        return tuple(
+            NS(
+                clip=f"c{i}",
+                reference_text=ref,
+                pytorch_text=torch,
+                pytorch_margins=(5.0,),
+                tiers=(NS(tier="int8", text=text, error=None, byte_exact=text == torch),),
+            )
+            for i, (ref, torch, text) in enumerate(zip(REFS, TORCH, tier_texts, strict=True))
+        )
+
+    same = gates(clips(TORCH), (), ("int8",), 0.02, "wer", wer_delta_limit=0.01)
+    assert [(g.name, g.passed) for g in same] == [
+        ("int8_wer_vs_pytorch", True),
+        ("int8_wer_delta_vs_pytorch", True),
+    ]
+    worse = gates(clips([t + " extra" for t in TORCH]), (), ("int8",), 1.0, "wer", wer_delta_limit=0.05)
+    delta = next(g for g in worse if g.name == "int8_wer_delta_vs_pytorch")
+    assert not delta.passed and "95 % interval" in delta.detail and "\n" not in delta.detail
+    assert "int8_wer_delta_vs_pytorch" not in {g.name for g in gates(clips(TORCH), (), ("int8",), 0.02)}

@@ -356,6 +356,13 @@ def _transcribe_ctc(bundle, tier, threads, as_json, frontend, prompt, task, audi
     type=click.FloatRange(0, 1),
     help="Corpus WER vs PyTorch allowed for quantised tiers.",
 )
+@click.option(
+    "--wer-delta-limit",
+    default=None,
+    type=click.FloatRange(-1, 1),
+    help="Also gate each quantised tier on the upper end of the 95 % bootstrap interval of its WER vs the "
+    "references minus PyTorch's (e.g. 0.01).",
+)
 @click.option("--max-new-tokens", default=200, show_default=True, type=click.IntRange(1, 4096))
 @click.option(
     "--jobs", default=1, show_default=True, type=click.IntRange(1, 64), help="Clips in parallel processes."
@@ -382,6 +389,7 @@ def parity(
     reference,
     tiers,
     wer_limit,
+    wer_delta_limit,
     max_new_tokens,
     jobs,
     quantised_gate,
@@ -407,6 +415,7 @@ def parity(
         quantised_gate=quantised_gate,
         gate_set=gate_set,
         ungated=tuple(ungated),
+        wer_delta_limit=wer_delta_limit,
     )
     bars: list[tqdm] = []  # made on the first tick: an up-to-date report shows no empty bar
 

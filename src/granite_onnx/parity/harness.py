@@ -53,6 +53,7 @@ from .report import (
     TierTranscript,
 )
 from .sets import set_summaries
+from .uncertainty import bootstrap_difference
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,9 @@ class ParityOptions:
     # model is gated where it transcribes (held-out speech); other sets are reported per set.
     gate_set: str | None = None
     ungated: tuple[str, ...] = ()  # quantised tiers measured and reported but given no gate
+    # A further gate per quantised tier, when set: the upper end of the 95 % bootstrap interval of its WER
+    # vs the references minus PyTorch's (parity/uncertainty.py) at most this.
+    wer_delta_limit: float | None = None
 
 
 QUANTISED_GATES = ("auto", "wer", "near-tie")
@@ -292,6 +296,7 @@ def gates(
     tiers,
     wer_limit: float,
     quantised_gate: str = "wer",
+    wer_delta_limit: float | None = None,
 ) -> tuple[Gate, ...]:
     out = []
     if FP32 in tiers:
@@ -319,7 +324,27 @@ def gates(
                     f"corpus WER {value:.2%} (limit {wer_limit:.2%})",
                 )
             )
+        if wer_delta_limit is not None:
+            out.append(_delta_gate(clips, tier, wer_delta_limit))
     return tuple(out)
+
+
+def _delta_gate(clips: tuple[ClipParity, ...], tier: str, limit: float) -> Gate:
+    """The tier's WER vs the references minus PyTorch's: the interval's upper end at most ``limit``."""
+    runs = [(c, t) for c in clips for t in c.tiers if t.tier == tier]
+    interval = bootstrap_difference(
+        [c.reference_text for c, _ in runs], [t.text for _, t in runs], [c.pytorch_text for c, _ in runs]
+    )
+    name = f"{tier}_wer_delta_vs_pytorch"
+    if interval is None:
+        return Gate(name, False, "no clip has a human reference: the interval cannot be computed")
+    return Gate(
+        name,
+        interval.high <= limit,
+        f"WER vs references minus PyTorch's {interval.value:+.2%}, 95 % interval "
+        f"[{interval.low:+.2%}, {interval.high:+.2%}] over {interval.utterances} utterances "
+        f"(upper end limit {limit:+.2%})",
+    )
 
 
 def _check_same_model(bundle: Path, checkpoint: Path) -> None:
@@ -422,6 +447,7 @@ def run_parity(
             tuple(t for t in tiers if t not in options.ungated),
             options.wer_limit,
             quantised_gate,
+            options.wer_delta_limit,
         ),
         quantised_gate=quantised_gate,
         sets=sets,
