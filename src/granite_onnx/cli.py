@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -341,12 +342,22 @@ def _transcribe_ctc(bundle, tier, threads, as_json, frontend, prompt, task, audi
 @click.option(
     "--clips",
     "clips_dirs",
-    required=True,
     multiple=True,
     type=click.Path(path_type=Path),
     help="Folder of audio clips (manifest.json gives order and human references); repeat for several "
-    "clip sets, each summarised on its own.",
+    "clip sets, each summarised on its own. Give --clips, --dataset or both.",
 )
+@click.option(
+    "--dataset",
+    default=None,
+    help="A Hugging Face audio dataset as a clip set: a Hub id (needs a network), a save_to_disk folder or "
+    "an audiofolder. Its transcripts are the references.",
+)
+@click.option("--split", default=None, help="--dataset split (default: test, else the first).")
+@click.option("--config", "dataset_config", default=None, help="--dataset configuration name.")
+@click.option("--limit", default=None, type=click.IntRange(1), help="--dataset: its first N rows only.")
+@click.option("--text-column", default=None, help="--dataset transcript column (default: text, ...).")
+@click.option("--audio-column", default=None, help="--dataset audio column (default: audio).")
 @click.option("--reference", default=None, help="Clip for the numeric block (default: the manifest's first).")
 @click.option("--tier", "tiers", multiple=True, help="Tiers to check (fp32, int8, ...); default: all found.")
 @click.option(
@@ -386,6 +397,12 @@ def parity(
     model,
     revision,
     clips_dirs,
+    dataset,
+    split,
+    dataset_config,
+    limit,
+    text_column,
+    audio_column,
     reference,
     tiers,
     wer_limit,
@@ -426,11 +443,36 @@ def parity(
         bars[0].n = done
         bars[0].set_postfix_str(what)
 
-    try:
-        result = parity_stage(bundle, source, clips_dirs, options, progress=tick, force=force)
-    finally:
-        for bar in bars:
-            bar.close()
+    if not clips_dirs and dataset is None:
+        raise GraniteOnnxError("parity needs clips: give --clips FOLDER, --dataset NAME_OR_PATH, or both")
+    if dataset is None and any(
+        v is not None for v in (split, dataset_config, limit, text_column, audio_column)
+    ):
+        raise GraniteOnnxError(
+            "--split, --config, --limit, --text-column and --audio-column go with --dataset"
+        )
+    with tempfile.TemporaryDirectory(prefix="granite-dataset-") as scratch:
+        folders = list(clips_dirs)
+        if dataset is not None:
+            from .parity.datasets import DatasetSpec, set_folder_name, write_clips
+
+            spec = DatasetSpec(dataset, split, dataset_config, limit, text_column, audio_column)
+            written = write_clips(spec, Path(scratch) / set_folder_name(spec))
+            click.echo(f"dataset {dataset} ({written.split}): {written.written} clips", err=True)
+            for failure in written.failed:
+                click.echo(
+                    f"  skipped row {failure['row']} ({failure['name']}): {failure['reason']}", err=True
+                )
+            if written.failed:
+                click.echo(
+                    f"  {len(written.failed)} row(s) failed to decode; the report lists them", err=True
+                )
+            folders.append(written.folder)
+        try:
+            result = parity_stage(bundle, source, folders, options, progress=tick, force=force)
+        finally:
+            for bar in bars:
+                bar.close()
     if result.skipped:
         _up_to_date(f"parity of {bundle}", "graphs, checkpoint, clips, options and toolchain")
     else:

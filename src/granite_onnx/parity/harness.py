@@ -32,6 +32,7 @@ from ..userfiles import is_file, shown_path
 from . import reference
 from .clips import Clip, load_clip_sets
 from .ctc import run_ctc_parity
+from .datasets import dataset_facts
 from .metrics import (
     NEAR_TIE_PERCENTILE,
     NORMALISATION,
@@ -347,6 +348,13 @@ def _delta_gate(clips: tuple[ClipParity, ...], tier: str, limit: float) -> Gate:
     )
 
 
+def _dataset_entry(folder: Path) -> dict:
+    """For a clip set written from a dataset (``parity --dataset``): where it came from, and the rows that
+    failed to decode, by name."""
+    facts = dataset_facts(folder)
+    return {"dataset": facts} if facts else {}
+
+
 def _check_same_model(bundle: Path, checkpoint: Path) -> None:
     """Parity against another checkpoint would report a failure that is no fault of the graphs."""
     ours, theirs = bundle / "config.json", checkpoint / "config.json"
@@ -426,7 +434,7 @@ def run_parity(
     else:
         blocks, multi = _run_autoregressive(bundle, checkpoint, clips, ref_clip, tiers, options, tick)
     sets = {
-        name: {"folder": shown_path(folder), **summary}
+        name: {"folder": shown_path(folder), **summary, **_dataset_entry(folder)}
         for folder, (name, summary) in zip(folders, set_summaries(multi, tuple(tiers)).items(), strict=True)
     }
     return ParityReport(
