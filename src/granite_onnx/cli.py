@@ -376,7 +376,21 @@ def _transcribe_ctc(bundle, tier, threads, as_json, frontend, prompt, task, audi
 )
 @click.option("--max-new-tokens", default=200, show_default=True, type=click.IntRange(1, 4096))
 @click.option(
-    "--jobs", default=1, show_default=True, type=click.IntRange(1, 64), help="Clips in parallel processes."
+    "--jobs",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="Clips in parallel: local processes, or Ray actors with --executor ray.",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: --jobs processes here; ray: --jobs Ray actors (granite-onnx[cluster]), retried if one dies.",
+)
+@click.option(
+    "--address", default=None, help="With --executor ray: join this cluster (default: a local one)."
 )
 @click.option(
     "--quantised-gate",
@@ -409,6 +423,8 @@ def parity(
     wer_delta_limit,
     max_new_tokens,
     jobs,
+    executor,
+    address,
     quantised_gate,
     gate_set,
     ungated,
@@ -433,6 +449,8 @@ def parity(
         gate_set=gate_set,
         ungated=tuple(ungated),
         wer_delta_limit=wer_delta_limit,
+        executor=executor,
+        address=address,
     )
     bars: list[tqdm] = []  # made on the first tick: an up-to-date report shows no empty bar
 
@@ -445,6 +463,8 @@ def parity(
 
     if not clips_dirs and dataset is None:
         raise GraniteOnnxError("parity needs clips: give --clips FOLDER, --dataset NAME_OR_PATH, or both")
+    if address is not None and executor != "ray":
+        raise GraniteOnnxError("--address goes with --executor ray")
     if dataset is None and any(
         v is not None for v in (split, dataset_config, limit, text_column, audio_column)
     ):

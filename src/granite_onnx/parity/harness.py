@@ -54,6 +54,7 @@ from .report import (
     TierTranscript,
 )
 from .sets import set_summaries
+from .store import ClipStore
 from .uncertainty import bootstrap_difference
 
 
@@ -76,9 +77,14 @@ class ParityOptions:
     # A further gate per quantised tier, when set: the upper end of the 95 % bootstrap interval of its WER
     # vs the references minus PyTorch's (parity/uncertainty.py) at most this.
     wer_delta_limit: float | None = None
+    # "local": --jobs processes on this machine; "ray": --jobs Ray actors (parity/cluster.py), on a local
+    # cluster or the one at ``address``.
+    executor: str = "local"
+    address: str | None = None
 
 
 QUANTISED_GATES = ("auto", "wer", "near-tie")
+EXECUTORS = ("local", "ray")
 
 
 def resolve_quantised_gate(option: str, checkpoint: CheckpointSource) -> str:
@@ -365,28 +371,38 @@ def _check_same_model(bundle: Path, checkpoint: Path) -> None:
         )
 
 
-def _run_autoregressive(bundle, checkpoint, clips, ref_clip, tiers, options, tick):
+def _run_autoregressive(bundle, checkpoint, clips, ref_clip, tiers, options, tick, store=None):
     """The numeric blocks and per-clip parity of an autoregressive bundle (clips in ``options.jobs``
-    processes)."""
+    processes, or Ray actors). Clips already in ``store`` are kept; each new one is saved as it finishes."""
     args = (Path(bundle), checkpoint.path, tuple(tiers), options.max_new_tokens, options.threads)
     ctx = _Context(*args)
     blocks = tuple(single_clip_block(ctx, tier, ref_clip) for tier in tiers)
     tick(0, len(clips), "numeric block done")
-    if options.jobs > 1:
+    if options.executor == "ray":
+        from .cluster import run_on_ray
+
+        return blocks, tuple(run_on_ray(args, clips, options.jobs, store, tick, options.address))
+    names = {c.name for c in clips}
+    finished = {n: c for n, c in (store.load() if store else {}).items() if n in names}
+    todo = [c for c in clips if c.name not in finished]
+
+    def keep(result: ClipParity) -> None:
+        if store:
+            store.save(result)
+        finished[result.clip] = result
+        tick(len(finished), len(clips), result.clip)
+
+    if options.jobs > 1 and todo:
         spawn = multiprocessing.get_context("spawn")  # forked torch threads can hang
         with cf.ProcessPoolExecutor(
             options.jobs, mp_context=spawn, initializer=_init_worker, initargs=args
         ) as pool:
-            results = []
-            for i, result in enumerate(pool.map(_run_clip, clips), 1):
-                results.append(result)
-                tick(i, len(clips), result.clip)
+            for result in pool.map(_run_clip, todo):
+                keep(result)
     else:
-        results = []
-        for i, clip in enumerate(clips, 1):
-            results.append(clip_parity(ctx, clip))
-            tick(i, len(clips), clip.name)
-    return blocks, tuple(results)
+        for clip in todo:
+            keep(clip_parity(ctx, clip))
+    return blocks, tuple(finished[c.name] for c in clips)
 
 
 _WORKER: _Context | None = None
@@ -407,12 +423,16 @@ def run_parity(
     clips_dir: Path | Sequence[Path],
     options: ParityOptions = ParityOptions(),
     progress: Callable[[int, int, str], None] | None = None,
+    store: ClipStore | None = None,
 ) -> ParityReport:
     """Measure every requested tier of ``bundle`` against the checkpoint's PyTorch model.
 
     ``clips_dir`` is one folder or several (clip sets, summarised one by one in ``report.sets``); the
-    reference clip of the numeric block is the first set's first clip unless named.
+    reference clip of the numeric block is the first set's first clip unless named. With ``store``, clips
+    it holds are not measured again and each new one is saved there as it finishes (a resumable run).
     """
+    if options.executor not in EXECUTORS:
+        raise GraniteOnnxError(f"unknown executor {options.executor!r}; choose from {', '.join(EXECUTORS)}")
     _check_same_model(Path(bundle), checkpoint.path)
     quantised_gate = resolve_quantised_gate(options.quantised_gate, checkpoint)
     folders = [Path(clips_dir)] if isinstance(clips_dir, str | Path) else [Path(f) for f in clips_dir]
@@ -427,12 +447,16 @@ def run_parity(
     tiers = options.tiers or tuple(tier_label(t) for t in available_tiers(bundle))
     tick = progress or (lambda done, total, what: None)
     ctc = bundle_graph_names(Path(bundle)) == (CTC,)
+    if ctc and options.executor != "local":
+        raise GraniteOnnxError(
+            "a CTC bundle's parity runs locally (--executor local): it is one graph per clip"
+        )
     if ctc:  # one graph, per-frame labels (see parity/ctc.py)
         blocks, multi = run_ctc_parity(
             bundle, checkpoint, clips, ref_clip, tuple(tiers), options.threads, tick
         )
     else:
-        blocks, multi = _run_autoregressive(bundle, checkpoint, clips, ref_clip, tiers, options, tick)
+        blocks, multi = _run_autoregressive(bundle, checkpoint, clips, ref_clip, tiers, options, tick, store)
     sets = {
         name: {"folder": shown_path(folder), **summary, **_dataset_entry(folder)}
         for folder, (name, summary) in zip(folders, set_summaries(multi, tuple(tiers)).items(), strict=True)

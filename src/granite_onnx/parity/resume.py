@@ -12,13 +12,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..checkpoint import BUNDLE_CHECKPOINT_FILES, CheckpointSource
+from ..fixtures import cache_root
 from ..stamps import Stamp, digests, folder_files, stored_report, write_stamp
 from ..userfiles import is_dir
 from .harness import ParityOptions, run_parity
 from .report import REPORT_FILE, ParityReport
+from .store import ClipStore
 
 # Options that change how parity runs, not what it finds.
-_SPEED_ONLY = ("jobs", "threads")
+_SPEED_ONLY = ("jobs", "threads", "executor", "address")
 
 
 def parity_stamp(
@@ -76,8 +78,14 @@ def parity_stage(
     stored = stored_report(bundle, stamp, REPORT_FILE, force) if stamp is not None else None
     if stored is not None:
         return ParityStageResult(stored, None, skipped=True)
-    report = run_parity(bundle, checkpoint, folders, options, progress)
+    # Finished clips are kept under the stamp's key: a run stopped part way resumes with the rest.
+    store = ClipStore.for_key(cache_root() / "parity-runs", stamp.key()) if stamp is not None else None
+    if store is not None and force:
+        store.clear()
+    report = run_parity(bundle, checkpoint, folders, options, progress, store)
     report.write(bundle)
     if stamp is not None:
         write_stamp(bundle, stamp.with_outputs(bundle, [REPORT_FILE]))
+    if store is not None:
+        store.clear()
     return ParityStageResult(report.to_json(), report, skipped=False)
