@@ -112,6 +112,10 @@ def test_parity_on_a_dataset_names_the_set_and_the_row_that_failed(measured_bund
     assert name == "speech" and facts["clips"] == 3
     assert facts["dataset"]["failed"][0]["row"] == 3 and facts["pytorch_wer_vs_reference"] is not None
     assert all(g["passed"] for g in report["gates"])
+    from granite_onnx.metadata.stage import write_metadata
+
+    write_metadata(bundle)
+    assert "speech (3 clips; 1 dataset rows failed to decode)" in (bundle / "README.md").read_text()
 
 
 def test_parity_needs_clips_or_a_dataset(measured_bundle):

@@ -863,9 +863,12 @@ def sets_table(parity: dict) -> str:
     ]
     rows = []
     for name, s in (parity.get("sets") or {}).items():
+        failed = len((s.get("dataset") or {}).get("failed", []))
         rows.append(
             [
-                f"{visible(name)} ({s['clips']} clips)",
+                f"{visible(name)} ({s['clips']} clips"
+                + (f"; {failed} dataset rows failed to decode" if failed else "")
+                + ")",
                 "PyTorch",
                 DASH,
                 pct(s["pytorch_wer_vs_reference"]) if s["pytorch_wer_vs_reference"] is not None else DASH,
