@@ -136,3 +136,22 @@ def test_without_ray_the_executor_is_a_one_line_error(tiny_bundle, tiny_ckpt, mo
         GraniteOnnxError, match=r"needs Ray, which is not installed: pip install 'granite-onnx\[cluster\]'"
     ):
         _report(tiny_bundle, tiny_ckpt, executor="ray", jobs=2)
+
+
+def test_the_parity_command_runs_on_ray(cluster, measured_bundle, tmp_path):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from granite_onnx.cli import cli
+
+    bundle = tmp_path / "tiny"
+    shutil.copytree(measured_bundle, bundle)
+    args = ["parity", "--bundle", str(bundle), "--model", "tiny", "--clips", str(CLIPS), "--force"]
+    result = CliRunner().invoke(cli, [*args, "--executor", "ray", "--jobs", "2", "--max-new-tokens", "16"])
+    assert result.exit_code == 0, result.output
+    on_ray = json.loads((bundle / "parity_report.json").read_text())
+    local = json.loads((measured_bundle / "parity_report.json").read_text())  # --jobs 1, 16 tokens
+    assert on_ray["multi_clip_parity"] == local["multi_clip_parity"] and on_ray["gates"] == local["gates"]
+    message = CliRunner().invoke(cli, [*args, "--address", "127.0.0.1:1"]).output
+    assert "--address goes with --executor ray" in message
