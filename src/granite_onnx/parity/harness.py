@@ -53,9 +53,8 @@ from .report import (
     TeacherForcing,
     TierTranscript,
 )
-from .sets import set_summaries
+from .sets import set_summaries, tier_difference
 from .store import ClipStore
-from .uncertainty import bootstrap_difference
 
 
 @dataclass(frozen=True)
@@ -339,9 +338,7 @@ def gates(
 def _delta_gate(clips: tuple[ClipParity, ...], tier: str, limit: float) -> Gate:
     """The tier's WER vs the references minus PyTorch's: the interval's upper end at most ``limit``."""
     runs = [(c, t) for c in clips for t in c.tiers if t.tier == tier]
-    interval = bootstrap_difference(
-        [c.reference_text for c, _ in runs], [t.text for _, t in runs], [c.pytorch_text for c, _ in runs]
-    )
+    interval = tier_difference(runs)
     name = f"{tier}_wer_delta_vs_pytorch"
     if interval is None:
         return Gate(name, False, "no clip has a human reference: the interval cannot be computed")

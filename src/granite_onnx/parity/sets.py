@@ -11,7 +11,7 @@ import numpy as np
 
 from .metrics import normalise
 from .report import ClipParity
-from .uncertainty import bootstrap_difference
+from .uncertainty import Interval, bootstrap_difference
 
 
 def _corpus(pairs: list[tuple[str, str]], measure) -> float | None:
@@ -50,10 +50,16 @@ def set_summary(clips: list[ClipParity], tiers: tuple[str, ...]) -> dict:
     return summary
 
 
-def _delta(runs: list) -> dict | None:
-    interval = bootstrap_difference(
+def tier_difference(runs: list) -> Interval | None:
+    """The paired bootstrap of one tier's WER vs the references minus PyTorch's, over ``runs`` (each a clip
+    and that tier's transcript of it)."""
+    return bootstrap_difference(
         [c.reference_text for c, _ in runs], [t.text for _, t in runs], [c.pytorch_text for c, _ in runs]
     )
+
+
+def _delta(runs: list) -> dict | None:
+    interval = tier_difference(runs)
     return interval.to_json() if interval else None
 
 
