@@ -42,6 +42,18 @@ def saved_dataset(clips: Path, out: Path) -> Path:
     return out
 
 
+def differences(a, b, path: str = "") -> list[str]:
+    """Where two report documents differ (JSON paths), for a run that is not identical."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = list(dict.fromkeys([*a, *b]))
+        return [d for k in keys for d in differences(a.get(k), b.get(k), f"{path}/{k}")]
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple) and len(a) == len(b):
+        return [
+            d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in differences(x, y, f"{path}[{i}]")
+        ]
+    return [] if a == b else [f"{path}: {str(a)[:60]!r} != {str(b)[:60]!r}"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=Path("out/trained"))
@@ -76,12 +88,13 @@ def main() -> None:
             print(f"{name}: {seconds:.1f} s for {clips} clips", flush=True)
     first = reports["jobs 1"]
     result["identical_to_jobs_1"] = {name: report == first for name, report in reports.items()}
+    result["differences"] = {name: differences(first, report)[:20] for name, report in reports.items()}
     result["tiers"] = list(first["tiers"])
     audio_s = sum(c["duration_s"] for c in first["multi_clip_parity"])
     result["audio_seconds"] = round(audio_s, 1)
     for run in result["runs"].values():
         run["s_per_audio_s"] = run["seconds"] / audio_s
-    print(json.dumps(result["identical_to_jobs_1"]))
+    print(json.dumps(result["identical_to_jobs_1"]), json.dumps(result["differences"], indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -393,6 +393,13 @@ def _transcribe_ctc(bundle, tier, threads, as_json, frontend, prompt, task, audi
     "--address", default=None, help="With --executor ray: join this cluster (default: a local one)."
 )
 @click.option(
+    "--worker-cpus",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="With --executor ray: CPUs each worker reserves (a machine's cores: one worker per machine).",
+)
+@click.option(
     "--quantised-gate",
     type=click.Choice(["auto", "wer", "near-tie"]),
     default="auto",
@@ -425,6 +432,7 @@ def parity(
     jobs,
     executor,
     address,
+    worker_cpus,
     quantised_gate,
     gate_set,
     ungated,
@@ -451,6 +459,7 @@ def parity(
         wer_delta_limit=wer_delta_limit,
         executor=executor,
         address=address,
+        worker_cpus=worker_cpus,
     )
     bars: list[tqdm] = []  # made on the first tick: an up-to-date report shows no empty bar
 

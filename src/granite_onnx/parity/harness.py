@@ -80,6 +80,7 @@ class ParityOptions:
     # cluster or the one at ``address``.
     executor: str = "local"
     address: str | None = None
+    worker_cpus: int = 1  # CPUs each Ray actor reserves
 
 
 QUANTISED_GATES = ("auto", "wer", "near-tie")
@@ -378,7 +379,10 @@ def _run_autoregressive(bundle, checkpoint, clips, ref_clip, tiers, options, tic
     if options.executor == "ray":
         from .cluster import run_on_ray
 
-        return blocks, tuple(run_on_ray(args, clips, options.jobs, store, tick, options.address))
+        results = run_on_ray(
+            args, clips, options.jobs, store, tick, options.address, worker_cpus=options.worker_cpus
+        )
+        return blocks, tuple(results)
     names = {c.name for c in clips}
     finished = {n: c for n, c in (store.load() if store else {}).items() if n in names}
     todo = [c for c in clips if c.name not in finished]

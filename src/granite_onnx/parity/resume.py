@@ -20,7 +20,7 @@ from .report import REPORT_FILE, ParityReport
 from .store import ClipStore
 
 # Options that change how parity runs, not what it finds.
-_SPEED_ONLY = ("jobs", "threads", "executor", "address")
+_SPEED_ONLY = ("jobs", "threads", "executor", "address", "worker_cpus")
 
 
 def parity_stamp(
