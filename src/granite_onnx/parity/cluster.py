@@ -1,11 +1,12 @@
 """Ray as parity's executor (``parity --executor ray [--address ADDR]``).
 
 Each worker is a Ray actor that opens the bundle's pipelines and the PyTorch reference model once, then
-measures one clip per task. Actors restart when their process dies and their unfinished task runs again
-(``max_restarts`` / ``max_task_retries`` unbounded), so a killed worker loses nothing. The driver keeps one
-task in flight per actor, saves each result as it arrives (:class:`~.store.ClipStore`: a restarted run
-does only the rest), reports progress for the whole cluster through one callback, and returns the results
-in clip order: the report equals ``--jobs 1``'s.
+measures one clip per task; the task carries the clip's audio bytes, so workers need the bundle and the
+checkpoint by path but not the clips. Actors restart when their process dies and their unfinished task
+runs again (``max_restarts`` / ``max_task_retries`` unbounded), so a killed worker loses nothing. The
+driver keeps one task in flight per actor, saves each result as it arrives (:class:`~.store.ClipStore`: a
+restarted run does only the rest), reports progress for the whole cluster through one callback, and
+returns the results in clip order: the report equals ``--jobs 1``'s.
 
 Ray is an optional extra (``granite-onnx[cluster]``). Without ``--address`` a local cluster of ``workers``
 CPUs is started and stopped; with it, the run joins that cluster and leaves it running.
@@ -14,6 +15,7 @@ CPUs is started and stopped; with it, the run joins that cluster and leaves it r
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from ..errors import GraniteOnnxError
 from ..userfiles import one_line
@@ -48,10 +50,18 @@ class ParityWorker:
         torch.set_num_threads(torch_threads)
         self.context = _Context(*context_args)
 
-    def run(self, clip: Clip) -> ClipParity:
+    def run(self, clip: Clip, audio: bytes) -> ClipParity:
+        """``clip`` measured from ``audio``, its file's bytes sent by the driver: the worker needs no view
+        of the driver's clip folder (a --dataset folder is a temporary one on the driver)."""
+        import dataclasses
+        import tempfile
+
         from .harness import clip_parity
 
-        return clip_parity(self.context, clip)
+        with tempfile.TemporaryDirectory(prefix="granite-clip-") as tmp:
+            local = Path(tmp) / clip.name
+            local.write_bytes(audio)
+            return clip_parity(self.context, dataclasses.replace(clip, path=local))
 
     def pid(self) -> int:
         import os
@@ -103,7 +113,7 @@ def run_on_ray(
             for worker in actors:
                 if queue:
                     clip = queue.pop(0)
-                    pending[worker.run.remote(clip)] = (worker, clip)
+                    pending[worker.run.remote(clip, clip.path.read_bytes())] = (worker, clip)
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 worker, clip = pending.pop(ready[0])
@@ -119,7 +129,7 @@ def run_on_ray(
                 tick(len(done), len(clips), clip.name)
                 if queue:
                     nxt = queue.pop(0)
-                    pending[worker.run.remote(nxt)] = (worker, nxt)
+                    pending[worker.run.remote(nxt, nxt.path.read_bytes())] = (worker, nxt)
             for worker in actors:
                 ray.kill(worker)
         return [done[c.name] for c in clips]
