@@ -92,29 +92,6 @@ class Runner:
 SETTLE_S = 0.05
 
 
-def read_bytes(bundle: Path, tier: str | None) -> int:
-    """Weight bytes one decode step reads: every external tensor of decode_step, except tables that only
-    ``Gather`` reads (a step reads one row of those: the embedding, int8 rows in int8w and int4w)."""
-    import onnx
-    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
-
-    from granite_onnx.runtime.bundle import resolve_graphs
-    from granite_onnx.sidecar import graph_tensors
-
-    model = onnx.load(str(resolve_graphs(bundle, tier)[0]["decode_step"]), load_external_data=False)
-    readers: dict[str, set[str]] = {}
-    for node in model.graph.node:
-        for i, name in enumerate(node.input):
-            readers.setdefault(name, set()).add(
-                "gather-data" if node.op_type == "Gather" and i == 0 else "other"
-            )
-    return sum(
-        ExternalDataInfo(t).length or 0
-        for t in graph_tensors(model.graph)
-        if uses_external_data(t) and readers.get(t.name, set()) != {"gather-data"}
-    )
-
-
 def random_cache(dims, past: int) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     shape = (1, dims.kv_heads, past, dims.head_dim)
@@ -188,11 +165,11 @@ def main() -> None:
     tiers = {name: None if name == "fp32" else name for name in args.tiers}
     bound = {}
     if args.bound:  # before the sessions hold their memory
-        from scale import copy_bandwidth
+        from scale import copy_bandwidth, decode_weight_bytes
 
         bandwidth = copy_bandwidth(args.threads)
         for t, tier in tiers.items():
-            size = read_bytes(args.bundle, tier)
+            size = decode_weight_bytes(args.bundle, tier)
             bound[t] = {"read_bytes": size, "bound_ms": size / (2 * bandwidth) * 1e3}  # copy = read + write
         bound["copy_gb_per_s"] = bandwidth / 1e9
     names = [f"{t} {v}" for t in tiers for v in args.variants]

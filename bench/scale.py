@@ -201,7 +201,8 @@ def layout_bytes(folder: Path, tier: str | None = None) -> dict:
 
 
 def decode_weight_bytes(folder: Path, tier: str | None = None) -> int:
-    """Weight bytes one decode step reads: every external tensor of decode_step once (all are LLM or head)."""
+    """Weight bytes one decode step reads: every external tensor of decode_step once, except tables that
+    only ``Gather`` reads (a step reads one row of those: the embedding, as int8 rows in int8w and int4w)."""
     import onnx
     from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
@@ -210,7 +211,15 @@ def decode_weight_bytes(folder: Path, tier: str | None = None) -> int:
 
     path = resolve_graphs(folder, tier)[0]["decode_step"]
     model = onnx.load(str(path), load_external_data=False)
-    return sum(ExternalDataInfo(t).length or 0 for t in graph_tensors(model.graph) if uses_external_data(t))
+    readers: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            readers.setdefault(name, set()).add("rows" if node.op_type == "Gather" and i == 0 else "all")
+    return sum(
+        ExternalDataInfo(t).length or 0
+        for t in graph_tensors(model.graph)
+        if uses_external_data(t) and readers.get(t.name) != {"rows"}
+    )
 
 
 def shared_copy(bundle: Path, dest: Path) -> dict:

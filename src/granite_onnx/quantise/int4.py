@@ -492,13 +492,9 @@ def quantise_model(
             raise ValueError(
                 f"4-bit tables of several widths {sorted(widths)}: one set of row constants only"
             )
-        rebuilt = []
-        for node in graph.node:
-            is_table = node.op_type == "Gather" and node.input[0] in rows
-            rebuilt += gather_rows4(node, block) if is_table else [node]
-        del graph.node[:]
-        graph.node.extend(rebuilt)
-        graph.initializer.extend(row_constants(block, widths.pop()))
+        weight_only.replace_table_gathers(
+            graph, rows, "int4w", lambda node: gather_rows4(node, block), row_constants(block, widths.pop())
+        )
     else:
         weight_only.replace_table_gathers(graph, rows, "int4w")
     for node in reversed(dq):

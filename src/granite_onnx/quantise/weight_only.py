@@ -22,6 +22,7 @@ until the single new sidecar is streamed out.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,21 +114,30 @@ def gather_rows(node: onnx.NodeProto, tier: str) -> list[onnx.NodeProto]:
     ]
 
 
-
-def replace_table_gathers(graph: onnx.GraphProto, tables: set[str], tier: str) -> int:
-    """Swap every ``Gather`` over one of ``tables`` for :func:`gather_rows` (in place, order kept); returns
-    how many. The caller has already put the tables' int8 initializers in the graph."""
+def replace_table_gathers(
+    graph: onnx.GraphProto,
+    tables: set[str],
+    tier: str,
+    build: Callable[[onnx.NodeProto], list[onnx.NodeProto]] | None = None,
+    constants: Sequence[onnx.TensorProto] | None = None,
+) -> int:
+    """Swap every ``Gather`` over one of ``tables`` for ``build(node)`` (default :func:`gather_rows`) in
+    place, order kept, and add the ``constants`` those nodes read; returns how many. The caller has already
+    put the tables' quantised initializers in the graph."""
+    build = build or (lambda node: gather_rows(node, tier))
     rebuilt, count = [], 0
     for node in graph.node:
         if node.op_type == "Gather" and node.input[0] in tables:
-            rebuilt += gather_rows(node, tier)
+            rebuilt += build(node)
             count += 1
         else:
             rebuilt.append(node)
     if count:
         del graph.node[:]
         graph.node.extend(rebuilt)
-        graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), LAST_AXIS))
+        if constants is None:
+            constants = [numpy_helper.from_array(np.array([-1], np.int64), LAST_AXIS)]
+        graph.initializer.extend(constants)
     return count
 
 
